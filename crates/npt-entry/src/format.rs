@@ -35,7 +35,7 @@ pub enum EntryKind {
 }
 
 /// Why the typed constructor refused a leaf.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum EntryError {
     /// The host address is not aligned to the page size.
     Misaligned {
