@@ -160,6 +160,28 @@ pub trait NestedEntry: GenericPTE + PartialEq + Eq + 'static {
         Ok(Self::new_page(hpa.into(), flags, size.is_huge()))
     }
 
+    /// The same leaf re-encoded as a huge (`true`) or last-level (`false`)
+    /// leaf, keeping its address and every attribute the other encoding can
+    /// hold (used when splitting and collapsing).
+    ///
+    /// The default rebuilds the entry from `paddr()` and `flags()`, which
+    /// drops accessed/dirty state; formats override it to keep the bits.
+    #[inline]
+    fn with_huge(self, huge: bool) -> Self {
+        Self::new_page(self.paddr(), self.flags(), huge)
+    }
+
+    /// The same leaf without write permission (for dirty logging), every
+    /// other bit kept. `huge` says which leaf encoding it is in.
+    ///
+    /// The default rebuilds the entry from `paddr()` and `flags()`; formats
+    /// override it to keep the remaining bits.
+    #[inline]
+    fn write_protected(self, huge: bool) -> Self {
+        let flags = self.flags() - page_table_entry::MappingFlags::WRITE;
+        Self::new_page(self.paddr(), flags, huge)
+    }
+
     /// The memory type a leaf gives the guest.
     fn memory_type(&self) -> MemoryType;
 

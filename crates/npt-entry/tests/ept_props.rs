@@ -1,0 +1,238 @@
+//! Property tests for the Intel EPT entry, its formats and the EPTP.
+//!
+//! What EPT can express: any non-empty combination of read/write/execute
+//! (write without read is a misconfiguration and execute-only needs a CPU
+//! capability; the generators normalize write to imply read, as
+//! `check_flags` demands) and the memory types UC, WC, WT, WP and WB. UC is
+//! read back as `MemoryType::Device`, so `DEVICE` and `UNCACHED` both come
+//! back as `DEVICE`. `USER` has no meaning at the second stage and is never
+//! reported.
+
+use gpa_types::{HostPhysAddr, MappingFlags, MemoryType, PageSize};
+use memory_addr::PhysAddr;
+use npt_entry::ept::{Ept4, Ept5, EptEntry, EptMemoryType, Eptp};
+use npt_entry::{EntryError, EntryKind, GenericPTE, NestedEntry, NptFormat};
+use proptest::prelude::*;
+
+const PA_MASK: u64 = (1 << 52) - 1;
+
+fn leaf_size() -> impl Strategy<Value = PageSize> {
+    prop_oneof![Just(PageSize::Size4K), Just(PageSize::Size2M), Just(PageSize::Size1G)]
+}
+
+/// A host address inside 52 bits, aligned to `size`.
+fn aligned_hpa(size: PageSize) -> impl Strategy<Value = usize> {
+    any::<u64>().prop_map(move |a| size.align_down((a & PA_MASK) as usize))
+}
+
+/// Normalized flags: at least one of R/W/X, W implies R, plus any of
+/// USER/DEVICE/UNCACHED.
+fn flags() -> impl Strategy<Value = MappingFlags> {
+    (1usize..8, 0usize..8).prop_map(|(mut rwx, extra)| {
+        if rwx & 0b010 != 0 {
+            rwx |= 0b001;
+        }
+        MappingFlags::from_bits_truncate(rwx | (extra << 3))
+    })
+}
+
+fn memory_type() -> impl Strategy<Value = MemoryType> {
+    prop_oneof![
+        Just(MemoryType::WriteBack),
+        Just(MemoryType::Uncached),
+        Just(MemoryType::WriteCombining),
+        Just(MemoryType::WriteThrough),
+        Just(MemoryType::WriteProtect),
+        Just(MemoryType::Device),
+    ]
+}
+
+/// What `flags()` reports for a leaf built from `flags`.
+fn expected_flags(flags: MappingFlags) -> MappingFlags {
+    let rwx = flags & (MappingFlags::READ | MappingFlags::WRITE | MappingFlags::EXECUTE);
+    if flags.intersects(MappingFlags::DEVICE | MappingFlags::UNCACHED) {
+        rwx | MappingFlags::DEVICE
+    } else {
+        rwx
+    }
+}
+
+/// The memory type EPT reads back for the one asked for.
+fn expected_type(t: MemoryType) -> MemoryType {
+    match t {
+        MemoryType::Uncached => MemoryType::Device,
+        other => other,
+    }
+}
+
+proptest! {
+    #[test]
+    fn leaf_round_trips(
+        (size, hpa) in leaf_size().prop_flat_map(|s| (Just(s), aligned_hpa(s))),
+        flags in flags(),
+    ) {
+        let e = EptEntry::new_page(PhysAddr::from_usize(hpa), flags, size.is_huge());
+        prop_assert_eq!(e.paddr().as_usize(), hpa);
+        prop_assert_eq!(e.flags(), expected_flags(flags));
+        prop_assert!(!e.flags().contains(MappingFlags::USER));
+        prop_assert_eq!(e.is_huge(), size.is_huge());
+        prop_assert!(e.is_present());
+        prop_assert!(!e.suppress_ve());
+        prop_assert!(e.ignores_pat());
+        prop_assert_eq!(e.kind(!size.is_huge()), EntryKind::Leaf);
+        if size.is_huge() {
+            prop_assert_eq!(e.kind(false), EntryKind::Leaf);
+        }
+        prop_assert_eq!(EptEntry::from_raw(e.raw()), e);
+        prop_assert_eq!(e.bits() as u64, e.raw());
+        // The checked constructors agree with new_page.
+        let h = HostPhysAddr::from(hpa);
+        prop_assert_eq!(EptEntry::try_new_leaf(h, flags, size), Ok(e));
+        prop_assert_eq!(EptEntry::new_leaf(h, flags, size, MemoryType::from_flags(flags)), Ok(e));
+    }
+
+    #[test]
+    fn explicit_memory_type_round_trips(
+        (size, hpa) in leaf_size().prop_flat_map(|s| (Just(s), aligned_hpa(s))),
+        flags in flags(),
+        t in memory_type(),
+    ) {
+        let e = EptEntry::new_leaf(HostPhysAddr::from(hpa), flags, size, t);
+        let e = e.map_err(|err| TestCaseError::fail(format!("{err}")))?;
+        prop_assert_eq!(e.memory_type(), expected_type(t));
+        prop_assert_eq!(e.ept_memory_type(), Some(EptMemoryType::from(t)));
+        let rwx = expected_flags(flags) - MappingFlags::DEVICE;
+        prop_assert_eq!(e.flags(), rwx | expected_type(t).to_flags());
+        prop_assert_eq!(e.paddr().as_usize(), hpa);
+    }
+
+    #[test]
+    fn table_round_trips(hpa in aligned_hpa(PageSize::Size4K)) {
+        let t = EptEntry::new_table(PhysAddr::from_usize(hpa));
+        prop_assert_eq!(t.paddr().as_usize(), hpa);
+        prop_assert!(t.is_present());
+        prop_assert!(!t.is_huge());
+        prop_assert_eq!(t.kind(false), EntryKind::Table);
+        let rwx = MappingFlags::READ | MappingFlags::WRITE | MappingFlags::EXECUTE;
+        prop_assert!(t.flags().contains(rwx));
+        // No memory type, ignore-PAT or large-page bit: bits 7:3 are reserved.
+        prop_assert_eq!(t.raw() & 0xf8, 0);
+        prop_assert_eq!(t.raw(), hpa as u64 | 0x7);
+    }
+
+    #[test]
+    fn accessed_dirty_clear(
+        (size, hpa) in leaf_size().prop_flat_map(|s| (Just(s), aligned_hpa(s))),
+        flags in flags(),
+    ) {
+        let e = EptEntry::new_page(PhysAddr::from_usize(hpa), flags, size.is_huge());
+        prop_assert!(!e.is_accessed() && !e.is_dirty());
+        let mut ad = EptEntry::from_raw(e.raw() | EptEntry::ACCESSED | EptEntry::DIRTY);
+        prop_assert!(ad.is_accessed() && ad.is_dirty());
+        prop_assert_eq!(ad.flags(), e.flags());
+        prop_assert_eq!(ad.paddr(), e.paddr());
+        ad.clear_accessed();
+        ad.clear_dirty();
+        prop_assert_eq!(ad, e);
+    }
+
+    #[test]
+    fn set_flags_matches_new_page(
+        (size, hpa) in leaf_size().prop_flat_map(|s| (Just(s), aligned_hpa(s))),
+        a in flags(),
+        b in flags(),
+    ) {
+        let mut e = EptEntry::new_page(PhysAddr::from_usize(hpa), a, size.is_huge());
+        e.set_flags(b, size.is_huge());
+        prop_assert_eq!(e, EptEntry::new_page(PhysAddr::from_usize(hpa), b, size.is_huge()));
+    }
+
+    #[test]
+    fn misaligned_huge_leaves_are_refused(
+        hpa in aligned_hpa(PageSize::Size1G),
+        offset in 1usize..(1 << 18),
+        huge_1g in any::<bool>(),
+    ) {
+        let size = if huge_1g { PageSize::Size1G } else { PageSize::Size2M };
+        let offset = (offset << 12) & (size.bytes() - 1);
+        prop_assume!(offset != 0);
+        let h = HostPhysAddr::from(hpa + offset);
+        prop_assert_eq!(
+            EptEntry::try_new_leaf(h, MappingFlags::READ, size),
+            Err(EntryError::Misaligned { hpa: h, size })
+        );
+    }
+
+    #[test]
+    fn index_matches_shifting(gpa in any::<usize>()) {
+        for level in 0..Ept4::LEVELS {
+            let shift = 12 + 9 * (Ept4::LEVELS - 1 - level);
+            prop_assert_eq!(Ept4::index(gpa, level), (gpa >> shift) & 0x1ff);
+        }
+        for level in 0..Ept5::LEVELS {
+            let shift = 12 + 9 * (Ept5::LEVELS - 1 - level);
+            prop_assert_eq!(Ept5::index(gpa, level), (gpa >> shift) & 0x1ff);
+        }
+        let g = gpa_types::GuestPhysAddr::from(gpa);
+        prop_assert_eq!(Ept4::gpa_in_range(g), (gpa as u64) < (1 << 48));
+        prop_assert_eq!(Ept5::gpa_in_range(g), (gpa as u64) < (1 << 57));
+    }
+
+    #[test]
+    fn eptp_round_trips(
+        root in aligned_hpa(PageSize::Size4K),
+        levels in 4usize..=5,
+        wb in any::<bool>(),
+        ad in any::<bool>(),
+    ) {
+        let mt = if wb { EptMemoryType::WriteBack } else { EptMemoryType::Uncacheable };
+        let e = Eptp::new(HostPhysAddr::from(root), levels, mt, ad)
+            .map_err(|err| TestCaseError::fail(format!("{err}")))?;
+        prop_assert_eq!(e.root(), HostPhysAddr::from(root));
+        prop_assert_eq!(e.levels(), levels);
+        prop_assert_eq!(e.memory_type(), mt);
+        prop_assert_eq!(e.ad_enabled(), ad);
+        let expected = root as u64 | mt.bits() | ((levels as u64 - 1) << 3) | (u64::from(ad) << 6);
+        prop_assert_eq!(e.bits(), expected);
+    }
+}
+
+#[test]
+fn geometry() {
+    assert_eq!(Ept4::LEVELS, 4);
+    assert_eq!(Ept4::GPA_BITS, 48);
+    assert_eq!(Ept4::ROOT_ENTRIES, 512);
+    assert_eq!(Ept4::ROOT_FRAMES, 1);
+    assert_eq!(Ept4::ROOT_ALIGN, 4096);
+    assert_eq!(Ept4::ROOT_SHIFT, 39);
+    assert_eq!(<Ept4 as NptFormat>::PA_BITS, 52);
+    assert_eq!(Ept4::leaf_size(0), None);
+    assert_eq!(Ept4::leaf_size(1), Some(PageSize::Size1G));
+    assert_eq!(Ept4::leaf_size(2), Some(PageSize::Size2M));
+    assert_eq!(Ept4::leaf_size(3), Some(PageSize::Size4K));
+    assert_eq!(Ept4::level_of(PageSize::Size512G), None);
+
+    assert_eq!(Ept5::LEVELS, 5);
+    assert_eq!(Ept5::GPA_BITS, 57);
+    assert_eq!(Ept5::ROOT_ENTRIES, 512);
+    assert_eq!(Ept5::ROOT_FRAMES, 1);
+    assert_eq!(Ept5::ROOT_ALIGN, 4096);
+    assert_eq!(Ept5::ROOT_SHIFT, 48);
+    assert_eq!(Ept5::leaf_size(0), None);
+    assert_eq!(Ept5::leaf_size(1), None);
+    assert_eq!(Ept5::leaf_size(2), Some(PageSize::Size1G));
+    assert_eq!(Ept5::leaf_size(3), Some(PageSize::Size2M));
+    assert_eq!(Ept5::leaf_size(4), Some(PageSize::Size4K));
+    assert_eq!(Ept5::level_of(PageSize::Size512G), None);
+
+    assert!(EptEntry::HAS_ACCESSED_DIRTY);
+    assert_eq!(EptEntry::PA_BITS, 52);
+}
+
+#[test]
+fn eptp_levels_match_the_formats() {
+    for levels in [Ept4::LEVELS, Ept5::LEVELS] {
+        let e = Eptp::new(HostPhysAddr::from(0x1000), levels, EptMemoryType::WriteBack, false);
+        assert_eq!(e.map(Eptp::levels), Ok(levels));
+    }
+}

@@ -1,0 +1,162 @@
+//! What the caller must invalidate after a change: [`TlbFlush`].
+//!
+//! The library never runs INVEPT, INVLPGA, TLBI or HFENCE.GVMA. Every
+//! mutating operation returns a record of the guest-physical ranges whose
+//! cached translations became stale; the hypervisor turns it into the
+//! instructions of its architecture.
+
+use gpa_types::{GuestPhysAddr, GuestPhysAddrRange};
+
+/// How many separate ranges a record keeps before it gives up and asks for a
+/// full flush of the VM's translations.
+pub const FLUSH_RANGES: usize = 8;
+
+/// A record of stale guest-physical translations.
+///
+/// Ranges that touch or overlap merge; once more than [`FLUSH_RANGES`]
+/// disjoint ranges accumulate, or the total exceeds
+/// [`TlbFlush::FULL_THRESHOLD`] bytes, the record becomes "everything".
+#[must_use = "stale translations stay cached until the caller flushes what this record names"]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlbFlush {
+    ranges: [(usize, usize); FLUSH_RANGES],
+    len: usize,
+    all: bool,
+}
+
+impl Default for TlbFlush {
+    fn default() -> Self {
+        Self::none()
+    }
+}
+
+impl TlbFlush {
+    /// Above this many bytes, per-page invalidation costs more than a full
+    /// flush: 64 MiB (16384 4 KiB pages).
+    pub const FULL_THRESHOLD: usize = 64 << 20;
+
+    /// Nothing to flush.
+    pub const fn none() -> Self {
+        Self { ranges: [(0, 0); FLUSH_RANGES], len: 0, all: false }
+    }
+
+    /// Everything must be flushed.
+    pub const fn all() -> Self {
+        Self { ranges: [(0, 0); FLUSH_RANGES], len: 0, all: true }
+    }
+
+    /// Adds the `size` bytes at `gpa`.
+    pub fn add(&mut self, gpa: usize, size: usize) {
+        if self.all || size == 0 {
+            return;
+        }
+        let end = gpa.saturating_add(size);
+        // Merge with the most recent range first: range operations add in
+        // ascending order, so this is the common case.
+        for r in self.ranges[..self.len].iter_mut().rev() {
+            if gpa <= r.1 && r.0 <= end {
+                r.0 = r.0.min(gpa);
+                r.1 = r.1.max(end);
+                self.check_threshold();
+                return;
+            }
+        }
+        if self.len == FLUSH_RANGES {
+            self.all = true;
+            return;
+        }
+        self.ranges[self.len] = (gpa, end);
+        self.len += 1;
+        self.check_threshold();
+    }
+
+    fn check_threshold(&mut self) {
+        let total: usize = self.ranges[..self.len].iter().map(|r| r.1 - r.0).sum();
+        if total > Self::FULL_THRESHOLD {
+            self.all = true;
+        }
+    }
+
+    /// Adds everything another record names.
+    pub fn merge(&mut self, other: TlbFlush) {
+        if other.all {
+            self.all = true;
+            return;
+        }
+        for (start, end) in other.ranges.into_iter().take(other.len) {
+            self.add(start, end - start);
+        }
+    }
+
+    /// Whether nothing needs flushing.
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.len == 0
+    }
+
+    /// Whether every translation of the VM must be flushed.
+    pub fn is_all(&self) -> bool {
+        self.all
+    }
+
+    /// The ranges to flush, unless [`TlbFlush::is_all`].
+    pub fn ranges(&self) -> impl Iterator<Item = GuestPhysAddrRange> + '_ {
+        let n = if self.all { 0 } else { self.len };
+        self.ranges[..n].iter().map(|&(s, e)| {
+            GuestPhysAddrRange::new(GuestPhysAddr::from_usize(s), GuestPhysAddr::from_usize(e))
+        })
+    }
+
+    /// Consumes the record, stating that the caller has acted on it (or has
+    /// a reason not to, e.g. the VM never ran).
+    pub fn ignore(self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    #[test]
+    fn adjacent_ranges_merge() {
+        let mut f = TlbFlush::none();
+        assert!(f.is_empty());
+        f.add(0x1000, 0x1000);
+        f.add(0x2000, 0x1000);
+        f.add(0x0, 0x1000);
+        let r: Vec<_> = f.ranges().collect();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].start.as_usize(), 0);
+        assert_eq!(r[0].end.as_usize(), 0x3000);
+    }
+
+    #[test]
+    fn too_many_ranges_become_all() {
+        let mut f = TlbFlush::none();
+        for i in 0..FLUSH_RANGES {
+            f.add(i * 0x10000, 0x1000);
+        }
+        assert!(!f.is_all());
+        f.add(0x100_0000, 0x1000);
+        assert!(f.is_all());
+        assert_eq!(f.ranges().count(), 0);
+    }
+
+    #[test]
+    fn big_ranges_become_all() {
+        let mut f = TlbFlush::none();
+        f.add(0, TlbFlush::FULL_THRESHOLD + 0x1000);
+        assert!(f.is_all());
+    }
+
+    #[test]
+    fn merge_combines_records() {
+        let mut a = TlbFlush::none();
+        a.add(0, 0x1000);
+        let mut b = TlbFlush::none();
+        b.add(0x1000, 0x1000);
+        a.merge(b);
+        assert_eq!(a.ranges().count(), 1);
+        a.merge(TlbFlush::all());
+        assert!(a.is_all());
+    }
+}

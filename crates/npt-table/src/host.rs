@@ -1,0 +1,147 @@
+//! Host-side frame allocators for tests, examples and benchmarks (feature
+//! `std`): heap-backed frames with a live count, and fault injection.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use gpa_types::HostPhysAddr;
+
+use crate::frames::{FRAME_SIZE, FrameAllocator};
+
+/// Frames from the host heap. The "physical" address of a frame is its heap
+/// address, so `phys_to_virt` is the identity.
+///
+/// It counts live frames ([`HostFrameAllocator::live_frames`]) so tests can
+/// prove nothing leaks, and panics on a free of something it did not hand
+/// out (a bug in the caller, which tests must see).
+#[derive(Debug, Default)]
+pub struct HostFrameAllocator {
+    allocations: Mutex<HashMap<usize, (usize, Layout)>>,
+    live: AtomicUsize,
+    total: AtomicUsize,
+}
+
+impl HostFrameAllocator {
+    /// An allocator with nothing handed out.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Frames allocated and not yet freed.
+    pub fn live_frames(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Frames allocated since creation (freed or not).
+    pub fn total_frames(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Whether `hpa` lies inside a live allocation.
+    pub fn owns(&self, hpa: HostPhysAddr) -> bool {
+        let map = self.allocations.lock().unwrap_or_else(|e| e.into_inner());
+        let a = hpa.as_usize();
+        map.iter().any(|(&start, &(count, _))| a >= start && a < start + count * FRAME_SIZE)
+    }
+}
+
+// SAFETY: frames come from the global allocator with the requested size and
+// alignment, zeroed, and are exclusively the caller's until freed. The
+// address is the pointer's exposed address, and `phys_to_virt` turns it
+// back into that pointer, so offsets carry over.
+unsafe impl FrameAllocator for HostFrameAllocator {
+    fn alloc_frames(&self, count: usize, align: usize) -> Option<HostPhysAddr> {
+        if count == 0 {
+            return None;
+        }
+        let layout = Layout::from_size_align(count.checked_mul(FRAME_SIZE)?, align.max(FRAME_SIZE)).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return None;
+        }
+        let addr = ptr.expose_provenance();
+        self.allocations.lock().unwrap_or_else(|e| e.into_inner()).insert(addr, (count, layout));
+        self.live.fetch_add(count, Ordering::Relaxed);
+        self.total.fetch_add(count, Ordering::Relaxed);
+        Some(HostPhysAddr::from_usize(addr))
+    }
+
+    fn dealloc_frames(&self, hpa: HostPhysAddr, count: usize) {
+        let entry = self.allocations.lock().unwrap_or_else(|e| e.into_inner()).remove(&hpa.as_usize());
+        match entry {
+            Some((n, layout)) if n == count => {
+                self.live.fetch_sub(count, Ordering::Relaxed);
+                // SAFETY: allocated by `alloc_frames` with this layout and
+                // removed from the map, so freed exactly once.
+                unsafe { dealloc(self.phys_to_virt(hpa), layout) }
+            }
+            other => panic!("bad free of {hpa:?} x{count}: allocation record {other:?}"),
+        }
+    }
+
+    fn phys_to_virt(&self, hpa: HostPhysAddr) -> *mut u8 {
+        std::ptr::with_exposed_provenance_mut(hpa.as_usize())
+    }
+}
+
+/// Wraps an allocator and makes allocation attempt number `n` (counting
+/// from 1) and every later one fail, to prove that failed operations change
+/// nothing and leak nothing.
+#[derive(Debug)]
+pub struct FailingAllocator<A> {
+    inner: A,
+    fail_at: AtomicUsize,
+    attempts: AtomicUsize,
+}
+
+impl<A: FrameAllocator> FailingAllocator<A> {
+    /// Never fails until [`FailingAllocator::fail_from`] is called.
+    pub fn new(inner: A) -> Self {
+        Self { inner, fail_at: AtomicUsize::new(usize::MAX), attempts: AtomicUsize::new(0) }
+    }
+
+    /// From now on, the `n`-th attempt counted from this call (1-based) and
+    /// every later one fail.
+    pub fn fail_from(&self, n: usize) {
+        self.attempts.store(0, Ordering::Relaxed);
+        self.fail_at.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Stops failing and resets the attempt count.
+    pub fn heal(&self) {
+        self.attempts.store(0, Ordering::Relaxed);
+        self.fail_at.store(usize::MAX, Ordering::Relaxed);
+    }
+
+    /// Allocation attempts since the last `fail_from`/`heal`.
+    pub fn attempts(&self) -> usize {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    /// The wrapped allocator.
+    pub fn inner(&self) -> &A {
+        &self.inner
+    }
+}
+
+// SAFETY: forwards to `inner`, or returns `None`, which the contract allows.
+unsafe impl<A: FrameAllocator> FrameAllocator for FailingAllocator<A> {
+    fn alloc_frames(&self, count: usize, align: usize) -> Option<HostPhysAddr> {
+        let n = self.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.fail_at.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.inner.alloc_frames(count, align)
+    }
+
+    fn dealloc_frames(&self, hpa: HostPhysAddr, count: usize) {
+        self.inner.dealloc_frames(hpa, count)
+    }
+
+    fn phys_to_virt(&self, hpa: HostPhysAddr) -> *mut u8 {
+        self.inner.phys_to_virt(hpa)
+    }
+}

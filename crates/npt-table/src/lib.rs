@@ -1,0 +1,69 @@
+//! One generic second-stage page-table walker for every format of
+//! [`npt_entry`]: Intel EPT, AMD NPT, AArch64 stage 2 and RISC-V G-stage.
+//!
+//! [`NestedPageTable<F, A>`] is generic over the format `F` (its geometry and
+//! entry encoding) and the frame allocator `A`. The walk is written once;
+//! formats differ only in numbers and bits.
+//!
+//! - Single pages: [`map`](NestedPageTable::map), [`unmap`](NestedPageTable::unmap),
+//!   [`protect`](NestedPageTable::protect), [`remap`](NestedPageTable::remap),
+//!   [`query`](NestedPageTable::query).
+//! - Ranges: [`map_region`](NestedPageTable::map_region) (huge leaves where
+//!   alignment allows), [`map_frames`](NestedPageTable::map_frames),
+//!   [`unmap_region`](NestedPageTable::unmap_region) and
+//!   [`protect_region`](NestedPageTable::protect_region) (splitting huge
+//!   leaves at the edges), [`harvest`](NestedPageTable::harvest) of
+//!   accessed/dirty bits, [`write_protect_region`](NestedPageTable::write_protect_region),
+//!   [`for_each_mapping`](NestedPageTable::for_each_mapping),
+//!   [`collapse`](NestedPageTable::collapse).
+//! - Every operation is all-or-nothing: frames are counted and taken before
+//!   anything changes, so a failure (out of frames included) leaves the
+//!   table as it was and leaks nothing.
+//! - TLB maintenance stays with the caller: mutating operations return a
+//!   `#[must_use]` [`TlbFlush`] naming what became stale.
+//!
+//! ```
+//! use npt_table::{HostFrameAllocator, MapPolicy, NestedPageTable};
+//! use npt_entry::gstage::Sv39x4;
+//! use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
+//!
+//! let alloc = HostFrameAllocator::new();
+//! let mut table = NestedPageTable::<Sv39x4, _>::new(&alloc).unwrap();
+//! let rwx = MappingFlags::READ | MappingFlags::WRITE | MappingFlags::EXECUTE;
+//! table.map_region(0x8000_0000.into(), 0x8000_0000.into(), 4 << 20, rwx, MapPolicy::Huge)?.ignore();
+//! let flush = table.unmap_region(GuestPhysAddr::from(0x8010_0000), 0x1000)?;
+//! assert!(!flush.is_empty());
+//! assert_eq!(table.query(0x8010_1000.into())?.size, PageSize::Size4K);
+//! assert!(table.query(0x8010_0000.into()).is_err());
+//! drop(table);
+//! assert_eq!(alloc.live_frames(), 0);
+//! # Ok::<(), npt_table::NptError>(())
+//! ```
+#![no_std]
+#![warn(missing_docs)]
+
+extern crate alloc;
+#[cfg(any(test, feature = "std"))]
+extern crate std;
+
+mod collapse;
+mod cursor;
+mod error;
+mod flush;
+mod frames;
+#[cfg(feature = "std")]
+mod host;
+mod map;
+mod range;
+mod raw;
+mod table;
+
+pub use frames::{FRAME_SIZE, FrameAllocator, HandlerAllocator};
+pub use collapse::Collapsed;
+pub use cursor::Cursor;
+pub use error::{NptError, NptResult};
+pub use flush::{FLUSH_RANGES, TlbFlush};
+#[cfg(feature = "std")]
+pub use host::{FailingAllocator, HostFrameAllocator};
+pub use range::{AccessBit, MappedRun};
+pub use table::{MapPolicy, NestedPageTable, TableStats, Translation};

@@ -1,0 +1,292 @@
+//! Range maps: plan first (check, count table frames, take them), then
+//! write without any step that can fail.
+//!
+//! A range is cut into *runs*: consecutive leaves of one size inside one
+//! table. The planner and the writer cut it the same way, so the number of
+//! tables the planner counts is exactly the number the writer creates.
+
+use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
+use npt_entry::{EntryKind, GenericPTE, NestedEntry, NptFormat};
+
+use crate::frames::FrameAllocator;
+use crate::error::{NptError, NptResult};
+use crate::flush::TlbFlush;
+use crate::raw::TableRef;
+use crate::table::{MAX_LEVELS, MapPolicy, NestedPageTable, Stash};
+
+/// Where the host frames of a range map come from.
+#[derive(Clone, Copy)]
+enum Source<'s> {
+    /// One contiguous host range starting here.
+    Linear(usize),
+    /// One 4 KiB frame per page.
+    Frames(&'s [HostPhysAddr]),
+}
+
+/// Consecutive leaves of one size in one table.
+#[derive(Clone, Copy)]
+struct Run {
+    gpa: usize,
+    level: usize,
+    size: PageSize,
+    count: usize,
+}
+
+/// Cuts `[gpa, end)` into runs for leaves no larger than `max`.
+struct Runs<F> {
+    gpa: usize,
+    end: usize,
+    src: usize,
+    linear: bool,
+    max: PageSize,
+    exact: bool,
+    _f: core::marker::PhantomData<F>,
+}
+
+impl<F: NptFormat> Iterator for Runs<F> {
+    type Item = Run;
+
+    #[inline]
+    fn next(&mut self) -> Option<Run> {
+        if self.gpa >= self.end {
+            return None;
+        }
+        let remaining = self.end - self.gpa;
+        let mut size = self.max;
+        if !self.exact {
+            while size > PageSize::Size4K
+                && !(size.is_aligned(self.gpa)
+                    && (!self.linear || size.is_aligned(self.src))
+                    && remaining >= size.bytes()
+                    && F::level_of(size).is_some())
+            {
+                size = size.smaller().unwrap_or(PageSize::Size4K);
+            }
+        }
+        let level = F::level_of(size)?;
+        let idx = F::index(self.gpa, level);
+        let count = (F::entries(level) - idx).min(remaining / size.bytes());
+        let run = Run { gpa: self.gpa, level, size, count };
+        let bytes = count * size.bytes();
+        self.gpa += bytes;
+        self.src += bytes;
+        Some(run)
+    }
+}
+
+impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
+    /// Maps `len` bytes at `gpa` to the contiguous host range at `hpa`.
+    ///
+    /// With [`MapPolicy::Huge`] each step uses the largest leaf that the GPA,
+    /// the HPA and the remaining length allow. `gpa`, `hpa` and `len` must be
+    /// 4 KiB aligned, the range must be inside the format's GPA width and the
+    /// host range inside its PA width, and nothing in the range may be
+    /// mapped already. On error nothing changes.
+    pub fn map_region(
+        &mut self,
+        gpa: GuestPhysAddr,
+        hpa: HostPhysAddr,
+        len: usize,
+        flags: MappingFlags,
+        policy: MapPolicy,
+    ) -> NptResult<TlbFlush> {
+        self.map_linear(gpa, hpa, len, flags, policy.max_size::<F>(), false)
+    }
+
+    /// Maps `frames.len()` pages of 4 KiB at `gpa`, page `i` to `frames[i]`
+    /// (for allocated backing that is not contiguous). Same rules as
+    /// [`NestedPageTable::map_region`]; every frame must be 4 KiB aligned.
+    pub fn map_frames(
+        &mut self,
+        gpa: GuestPhysAddr,
+        frames: &[HostPhysAddr],
+        flags: MappingFlags,
+    ) -> NptResult<TlbFlush> {
+        let len = frames.len().checked_mul(PageSize::Size4K.bytes()).ok_or(NptError::GpaOutOfRange {
+            gpa: usize::MAX,
+            gpa_bits: F::GPA_BITS,
+        })?;
+        let end = Self::check_gpa_range(gpa, len, PageSize::Size4K.bytes())?;
+        npt_entry::check_flags(flags)?;
+        for &frame in frames {
+            self.check_hpa_range(frame, PageSize::Size4K.bytes(), PageSize::Size4K.bytes())?;
+        }
+        self.map_checked(gpa.as_usize(), end, Source::Frames(frames), flags, PageSize::Size4K, true)
+    }
+
+    pub(crate) fn map_linear(
+        &mut self,
+        gpa: GuestPhysAddr,
+        hpa: HostPhysAddr,
+        len: usize,
+        flags: MappingFlags,
+        max: PageSize,
+        exact: bool,
+    ) -> NptResult<TlbFlush> {
+        let align = if exact { max.bytes() } else { PageSize::Size4K.bytes() };
+        let end = Self::check_gpa_range(gpa, len, align)?;
+        self.check_hpa_range(hpa, len, align)?;
+        npt_entry::check_flags(flags)?;
+        self.map_checked(gpa.as_usize(), end, Source::Linear(hpa.as_usize()), flags, max, exact)
+    }
+
+    fn runs(start: usize, end: usize, src: Source<'_>, max: PageSize, exact: bool) -> Runs<F> {
+        let (src, linear) = match src {
+            Source::Linear(hpa) => (hpa, true),
+            Source::Frames(_) => (0, false),
+        };
+        Runs { gpa: start, end, src, linear, max, exact, _f: core::marker::PhantomData }
+    }
+
+    fn map_checked(
+        &mut self,
+        start: usize,
+        end: usize,
+        src: Source<'_>,
+        flags: MappingFlags,
+        max: PageSize,
+        exact: bool,
+    ) -> NptResult<TlbFlush> {
+        let needed = self.plan_map(Self::runs(start, end, src, max, exact))?;
+        let mut stash = Stash::take(&self.alloc, needed)?;
+        let mut flush = TlbFlush::none();
+        self.write_map(Self::runs(start, end, src, max, exact), src, start, flags, &mut stash);
+        stash.give_back(&self.alloc);
+        flush.add(start, end - start);
+        Ok(flush)
+    }
+
+    /// Read-only pass: fails if anything in the runs is mapped, else counts
+    /// the table frames the writer will create.
+    fn plan_map(&self, runs: Runs<F>) -> NptResult<usize> {
+        let mut needed = 0;
+        // Base GPA of the table the writer will have created at each level
+        // by the time it reaches the current run.
+        let mut planned = [usize::MAX; MAX_LEVELS];
+        for run in runs {
+            let mut table = Some(self.root_table());
+            for level in 0..run.level {
+                let span_below = 1usize << F::shift(level);
+                table = match table {
+                    Some(t) => {
+                        let entry = t.get(F::index(run.gpa, level));
+                        match entry.kind(false) {
+                            EntryKind::Table => Some(self.child(entry)),
+                            EntryKind::Leaf => {
+                                return Err(NptError::AlreadyMapped { gpa: GuestPhysAddr::from_usize(run.gpa) });
+                            }
+                            EntryKind::Empty => None,
+                        }
+                    }
+                    None => None,
+                };
+                if table.is_none() {
+                    let base = run.gpa & !(span_below - 1);
+                    if planned[level + 1] != base {
+                        planned[level + 1] = base;
+                        needed += 1;
+                    }
+                }
+            }
+            if let Some(t) = table {
+                let idx = F::index(run.gpa, run.level);
+                for i in 0..run.count {
+                    if t.get(idx + i).raw() != 0 {
+                        let gpa = run.gpa + i * run.size.bytes();
+                        return Err(NptError::AlreadyMapped { gpa: GuestPhysAddr::from_usize(gpa) });
+                    }
+                }
+            }
+        }
+        Ok(needed)
+    }
+
+    /// Writes the runs, creating tables from the stash. Cannot fail.
+    fn write_map(
+        &mut self,
+        runs: Runs<F>,
+        src: Source<'_>,
+        start: usize,
+        flags: MappingFlags,
+        stash: &mut Stash,
+    ) {
+        // The walk path of the previous run: table at each level and the
+        // GPA it starts at. Runs ascend, so a prefix is usually reused.
+        let mut path: [(usize, Option<TableRef<F::Entry>>); MAX_LEVELS] = [(usize::MAX, None); MAX_LEVELS];
+        path[0] = (0, Some(self.root_table()));
+        let templates = [
+            F::Entry::new_page(0.into(), flags, false),
+            F::Entry::new_page(0.into(), flags, true),
+        ];
+        for run in runs {
+            let Some(table) = self.descend(&mut path, run.gpa, run.level, stash) else {
+                debug_assert!(false, "plan and write disagree");
+                continue;
+            };
+            let template = templates[run.size.is_huge() as usize];
+            let idx = F::index(run.gpa, run.level);
+            let offset = run.gpa - start;
+            match src {
+                Source::Linear(hpa) => {
+                    let mut pa = hpa + offset;
+                    for i in idx..idx + run.count {
+                        let mut entry = template;
+                        entry.set_paddr(pa.into());
+                        table.set(i, entry);
+                        pa += run.size.bytes();
+                    }
+                }
+                Source::Frames(frames) => {
+                    let first = offset / PageSize::Size4K.bytes();
+                    let run_frames = frames.get(first..first + run.count).unwrap_or(&[]);
+                    for (i, frame) in (idx..idx + run.count).zip(run_frames) {
+                        let mut entry = template;
+                        entry.set_paddr((*frame).into());
+                        table.set(i, entry);
+                    }
+                }
+            }
+            self.count_leaves(run.size, run.count, true);
+        }
+    }
+
+    /// The table at `level` on the way to `gpa`, creating missing ones from
+    /// the stash and reusing the cached prefix of `path`.
+    #[inline]
+    fn descend(
+        &mut self,
+        path: &mut [(usize, Option<TableRef<F::Entry>>); MAX_LEVELS],
+        gpa: usize,
+        level: usize,
+        stash: &mut Stash,
+    ) -> Option<TableRef<F::Entry>> {
+        let mut l = level;
+        // Deepest cached table that still covers `gpa`.
+        while l > 0 {
+            let span = 1usize << (F::shift(l - 1));
+            if path[l].0 == gpa & !(span - 1) && path[l].1.is_some() {
+                break;
+            }
+            l -= 1;
+        }
+        let mut table = path[l].1?;
+        while l < level {
+            let idx = F::index(gpa, l);
+            let entry = table.get(idx);
+            let child = match entry.kind(false) {
+                EntryKind::Table => self.child(entry),
+                EntryKind::Empty => {
+                    let child = self.new_table(stash)?;
+                    table.link(idx, F::Entry::new_table(child.hpa().into()));
+                    child
+                }
+                EntryKind::Leaf => return None,
+            };
+            l += 1;
+            let span = 1usize << F::shift(l - 1);
+            path[l] = (gpa & !(span - 1), Some(child));
+            table = child;
+        }
+        Some(table)
+    }
+}

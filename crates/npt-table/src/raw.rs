@@ -1,0 +1,108 @@
+//! The one place that touches table memory.
+//!
+//! Entries are read and written as whole 64-bit atomics (relaxed: a plain
+//! load or store on every target) so the hardware walker, which reads tables
+//! concurrently, never sees a torn entry. A new table is zeroed before it is
+//! linked, and a release fence orders those writes before the link.
+
+use core::marker::PhantomData;
+use core::sync::atomic::{AtomicU64, Ordering, fence};
+
+use gpa_types::HostPhysAddr;
+use npt_entry::NestedEntry;
+
+use crate::frames::{FRAME_SIZE, FrameAllocator};
+
+/// A table (one frame, or a multi-frame root) as the hypervisor sees it.
+pub(crate) struct TableRef<E> {
+    base: *const AtomicU64,
+    hpa: HostPhysAddr,
+    #[cfg(debug_assertions)]
+    len: usize,
+    _entry: PhantomData<E>,
+}
+
+impl<E> Clone for TableRef<E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<E> Copy for TableRef<E> {}
+
+impl<E: NestedEntry> TableRef<E> {
+    /// A view of the `entries`-entry table at `hpa`.
+    ///
+    /// # Safety
+    ///
+    /// `hpa` must be the start of a live table of this page table: frames
+    /// obtained from `alloc` holding at least `entries` entries, not freed
+    /// while the view is in use.
+    #[inline(always)]
+    pub(crate) unsafe fn new<A: FrameAllocator>(
+        alloc: &A,
+        hpa: HostPhysAddr,
+        entries: usize,
+    ) -> Self {
+        let _ = entries;
+        Self {
+            base: alloc.phys_to_virt(hpa).cast::<AtomicU64>().cast_const(),
+            hpa,
+            #[cfg(debug_assertions)]
+            len: entries,
+            _entry: PhantomData,
+        }
+    }
+
+    /// The table's host-physical address.
+    #[inline(always)]
+    pub(crate) fn hpa(self) -> HostPhysAddr {
+        self.hpa
+    }
+
+    /// Reads entry `idx`. Indices come from `NptFormat::index`, which masks
+    /// them to the table's size.
+    #[inline(always)]
+    pub(crate) fn get(self, idx: usize) -> E {
+        #[cfg(debug_assertions)]
+        debug_assert!(idx < self.len, "entry index {idx} out of table");
+        // SAFETY: `new`'s contract makes `base` point to a live table of at
+        // least `idx + 1` 8-byte-aligned entries (frames are 4 KiB aligned).
+        let bits = unsafe { (*self.base.add(idx)).load(Ordering::Relaxed) };
+        E::from_raw(bits)
+    }
+
+    /// Writes entry `idx`.
+    #[inline(always)]
+    pub(crate) fn set(self, idx: usize, entry: E) {
+        #[cfg(debug_assertions)]
+        debug_assert!(idx < self.len, "entry index {idx} out of table");
+        // SAFETY: as in `get`; the table is owned by the page table, which
+        // the caller borrows mutably, so no other software writer exists.
+        unsafe { (*self.base.add(idx)).store(entry.raw(), Ordering::Relaxed) }
+    }
+
+    /// Links a freshly filled table: orders its contents before the entry
+    /// that makes it reachable.
+    #[inline(always)]
+    pub(crate) fn link(self, idx: usize, entry: E) {
+        fence(Ordering::Release);
+        self.set(idx, entry);
+    }
+
+    /// Whether every entry in `0..entries` is zero.
+    pub(crate) fn is_empty(self, entries: usize) -> bool {
+        (0..entries).all(|i| self.get(i).raw() == 0)
+    }
+}
+
+/// Zeroes `count` frames at `hpa`.
+///
+/// # Safety
+///
+/// The frames must have just been allocated from `alloc` and not yet be
+/// reachable from any table.
+pub(crate) unsafe fn zero_frames<A: FrameAllocator>(alloc: &A, hpa: HostPhysAddr, count: usize) {
+    // SAFETY: the allocator contract makes `phys_to_virt(hpa)` valid for
+    // writes of the whole allocation, which the caller owns exclusively.
+    unsafe { core::ptr::write_bytes(alloc.phys_to_virt(hpa), 0, count * FRAME_SIZE) }
+}

@@ -1,0 +1,459 @@
+//! [`NestedPageTable`]: ownership, statistics, lookups and single-page
+//! operations. Range operations live in `map.rs` and `range.rs`.
+
+use alloc::vec::Vec;
+use core::marker::PhantomData;
+
+use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
+use npt_entry::{EntryKind, GenericPTE, NestedEntry, NptFormat};
+
+use crate::frames::FrameAllocator;
+use crate::error::{NptError, NptResult};
+use crate::flush::TlbFlush;
+use crate::raw::{TableRef, zero_frames};
+
+/// The deepest walk any format has (EPT 5-level, Sv57x4).
+pub(crate) const MAX_LEVELS: usize = 5;
+
+/// One guest-physical translation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Translation {
+    /// The host-physical address the queried GPA maps to (offset included).
+    pub hpa: HostPhysAddr,
+    /// The leaf's flags, as the format reports them.
+    pub flags: MappingFlags,
+    /// The size of the leaf that maps it.
+    pub size: PageSize,
+}
+
+/// Counters a table keeps as it changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// 4 KiB frames of table memory in use, the root included.
+    pub table_frames: usize,
+    /// Leaves per size: index 0 for 4 KiB, 1 for 2 MiB, 2 for 1 GiB, 3 for
+    /// 512 GiB (see [`PageSize::height`]).
+    pub leaves: [usize; 4],
+}
+
+impl TableStats {
+    /// Leaves of `size`.
+    pub fn leaves_of(&self, size: PageSize) -> usize {
+        self.leaves[size.height()]
+    }
+
+    /// Bytes of guest-physical space mapped.
+    pub fn mapped_bytes(&self) -> u128 {
+        PageSize::ALL
+            .iter()
+            .map(|s| self.leaves[s.height()] as u128 * s.bytes() as u128)
+            .sum()
+    }
+}
+
+/// Which leaf sizes a range map may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapPolicy {
+    /// 4 KiB leaves only.
+    Only4K,
+    /// The largest of 1 GiB, 2 MiB and 4 KiB that the GPA, the HPA and the
+    /// remaining length are aligned to, within what the format allows.
+    Huge,
+    /// Like [`MapPolicy::Huge`] but no larger than the given size (e.g. 2 MiB
+    /// on an EPT host without 1 GiB page support). 512 GiB leaves are made
+    /// only when asked for here and the format allows them.
+    UpTo(PageSize),
+}
+
+impl MapPolicy {
+    pub(crate) fn max_size<F: NptFormat>(self) -> PageSize {
+        let wanted = match self {
+            Self::Only4K => PageSize::Size4K,
+            Self::Huge => PageSize::Size1G,
+            Self::UpTo(size) => size,
+        };
+        wanted.min(F::MAX_LEAF)
+    }
+}
+
+/// Frames taken before an operation changes anything, so that nothing can
+/// fail half-way. Whatever is left goes back with [`Stash::give_back`].
+pub(crate) struct Stash {
+    frames: Vec<HostPhysAddr>,
+}
+
+impl Stash {
+    /// Allocates and zeroes `count` frames, or none at all.
+    pub(crate) fn take<A: FrameAllocator>(alloc: &A, count: usize) -> NptResult<Self> {
+        let mut stash = Self { frames: Vec::new() };
+        if stash.frames.try_reserve_exact(count).is_err() {
+            return Err(NptError::NoMemory);
+        }
+        for _ in 0..count {
+            let Some(hpa) = alloc.alloc_frame() else {
+                stash.give_back(alloc);
+                return Err(NptError::NoMemory);
+            };
+            // SAFETY: just allocated, not yet reachable from any table.
+            unsafe { zero_frames(alloc, hpa, 1) };
+            stash.frames.push(hpa);
+        }
+        Ok(stash)
+    }
+
+    /// A zeroed frame. Planning guarantees there is one.
+    pub(crate) fn pop(&mut self) -> Option<HostPhysAddr> {
+        let hpa = self.frames.pop();
+        debug_assert!(hpa.is_some(), "planning under-counted table frames");
+        hpa
+    }
+
+    /// Returns the unused frames.
+    pub(crate) fn give_back<A: FrameAllocator>(self, alloc: &A) {
+        for hpa in self.frames {
+            alloc.dealloc_frames(hpa, 1);
+        }
+    }
+}
+
+/// A second-stage page table of format `F` whose frames come from `A`.
+///
+/// The table owns its table frames (root included) and frees them on drop;
+/// it never frees the frames its leaves point to. Every mutating operation
+/// is all-or-nothing and returns a [`TlbFlush`] naming what became stale.
+///
+/// ```
+/// use npt_table::{HostFrameAllocator, MapPolicy, NestedPageTable};
+/// use npt_entry::ept::Ept4;
+/// use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
+///
+/// let alloc = HostFrameAllocator::new();
+/// let mut table = NestedPageTable::<Ept4, _>::new(&alloc).unwrap();
+/// let rw = MappingFlags::READ | MappingFlags::WRITE;
+/// let flush = table
+///     .map_region(GuestPhysAddr::from(0), HostPhysAddr::from(0x4000_0000), 0x40_1000, rw, MapPolicy::Huge)
+///     .unwrap();
+/// flush.ignore(); // a VM that has not run yet has nothing cached
+/// let t = table.query(GuestPhysAddr::from(0x1234)).unwrap();
+/// assert_eq!(t.hpa, HostPhysAddr::from(0x4000_1234));
+/// assert_eq!(t.size, PageSize::Size2M);
+/// assert_eq!(table.stats().leaves_of(PageSize::Size4K), 1);
+/// ```
+pub struct NestedPageTable<F: NptFormat, A: FrameAllocator> {
+    pub(crate) root: HostPhysAddr,
+    pub(crate) alloc: A,
+    pub(crate) stats: TableStats,
+    pub(crate) pa_bits: u32,
+    _format: PhantomData<F>,
+}
+
+// SAFETY: the table exclusively owns its frames; sending it moves that
+// ownership. Shared access only reads entries through atomics.
+unsafe impl<F: NptFormat, A: FrameAllocator + Send> Send for NestedPageTable<F, A> {}
+// SAFETY: `&self` methods only read table memory (atomically).
+unsafe impl<F: NptFormat, A: FrameAllocator + Sync> Sync for NestedPageTable<F, A> {}
+
+impl<F: NptFormat, A: FrameAllocator> core::fmt::Debug for NestedPageTable<F, A> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("NestedPageTable")
+            .field("format", &F::NAME)
+            .field("root", &self.root)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
+    /// An empty table: allocates and zeroes the root (`F::ROOT_FRAMES`
+    /// frames aligned to `F::ROOT_ALIGN`). Host addresses may use the whole
+    /// physical width of the format.
+    pub fn new(alloc: A) -> NptResult<Self> {
+        Self::with_pa_bits(alloc, F::PA_BITS)
+    }
+
+    /// Like [`NestedPageTable::new`], limiting host addresses to `pa_bits`
+    /// (e.g. the CPU's MAXPHYADDR); values above the format's width are
+    /// clamped to it.
+    pub fn with_pa_bits(alloc: A, pa_bits: u32) -> NptResult<Self> {
+        let root = alloc.alloc_frames(F::ROOT_FRAMES, F::ROOT_ALIGN).ok_or(NptError::NoMemory)?;
+        // SAFETY: just allocated, not reachable from any table.
+        unsafe { zero_frames(&alloc, root, F::ROOT_FRAMES) };
+        Ok(Self {
+            root,
+            alloc,
+            stats: TableStats { table_frames: F::ROOT_FRAMES, leaves: [0; 4] },
+            pa_bits: pa_bits.min(F::PA_BITS),
+            _format: PhantomData,
+        })
+    }
+
+    /// Host-physical address of the root, for EPTP, nCR3, VTTBR or hgatp.
+    pub fn root_hpa(&self) -> HostPhysAddr {
+        self.root
+    }
+
+    /// The frame allocator.
+    pub fn allocator(&self) -> &A {
+        &self.alloc
+    }
+
+    /// Table frames and leaves in use.
+    pub fn stats(&self) -> TableStats {
+        self.stats
+    }
+
+    /// The host physical-address width this table accepts.
+    pub fn pa_bits(&self) -> u32 {
+        self.pa_bits
+    }
+
+    // ---- internal helpers shared by every operation ----
+
+    #[inline(always)]
+    pub(crate) fn root_table(&self) -> TableRef<F::Entry> {
+        // SAFETY: the root is allocated in `new` and freed only on drop.
+        unsafe { TableRef::new(&self.alloc, self.root, F::ROOT_ENTRIES) }
+    }
+
+    /// The table a `Table` entry at `level` points to.
+    #[inline(always)]
+    pub(crate) fn child(&self, entry: F::Entry) -> TableRef<F::Entry> {
+        // SAFETY: table entries are written only by this crate, pointing to
+        // frames it allocated and has not freed (a table is unlinked before
+        // it is freed).
+        unsafe { TableRef::new(&self.alloc, entry.paddr().into(), npt_entry::ENTRIES_PER_TABLE) }
+    }
+
+    /// A table frame from the stash, as a view.
+    pub(crate) fn new_table(&mut self, stash: &mut Stash) -> Option<TableRef<F::Entry>> {
+        let hpa = stash.pop()?;
+        self.stats.table_frames += 1;
+        // SAFETY: a zeroed frame from the stash, owned by this table from now.
+        Some(unsafe { TableRef::new(&self.alloc, hpa, npt_entry::ENTRIES_PER_TABLE) })
+    }
+
+    /// Frees an unlinked table frame.
+    pub(crate) fn free_table(&mut self, table: TableRef<F::Entry>) {
+        self.stats.table_frames -= 1;
+        self.alloc.dealloc_frames(table.hpa(), 1);
+    }
+
+    #[inline(always)]
+    pub(crate) fn count_leaves(&mut self, size: PageSize, n: usize, add: bool) {
+        let slot = &mut self.stats.leaves[size.height()];
+        if add { *slot += n } else { *slot -= n }
+    }
+
+    /// Checks `[gpa, gpa + len)`: non-empty, `align`-aligned, inside the GPA
+    /// width. Returns the end.
+    pub(crate) fn check_gpa_range(gpa: GuestPhysAddr, len: usize, align: usize) -> NptResult<usize> {
+        let start = gpa.as_usize();
+        if len == 0 {
+            return Err(NptError::ZeroLength);
+        }
+        if start % align != 0 {
+            return Err(NptError::GpaNotAligned { value: start, align });
+        }
+        if len % align != 0 {
+            return Err(NptError::GpaNotAligned { value: len, align });
+        }
+        let out = NptError::GpaOutOfRange { gpa: start.max(F::GPA_LIMIT as usize), gpa_bits: F::GPA_BITS };
+        let end = start.checked_add(len).ok_or(out)?;
+        if end as u64 > F::GPA_LIMIT {
+            return Err(out);
+        }
+        Ok(end)
+    }
+
+    /// Checks a host run `[hpa, hpa + len)` against alignment and PA width.
+    pub(crate) fn check_hpa_range(&self, hpa: HostPhysAddr, len: usize, align: usize) -> NptResult {
+        if hpa.as_usize() % align != 0 {
+            return Err(NptError::HpaNotAligned { hpa, align });
+        }
+        let out = NptError::HpaOutOfRange { hpa: hpa.as_usize(), pa_bits: self.pa_bits };
+        let end = hpa.as_usize().checked_add(len).ok_or(out)?;
+        if self.pa_bits < usize::BITS && end > 1usize << self.pa_bits {
+            return Err(out);
+        }
+        Ok(())
+    }
+
+    /// Finds the leaf mapping `gpa`: its table, index, level and entry.
+    #[inline(always)]
+    pub(crate) fn find_leaf(&self, gpa: usize) -> Option<(TableRef<F::Entry>, usize, usize, F::Entry)> {
+        let mut table = self.root_table();
+        for level in 0..F::LEVELS {
+            let idx = F::index(gpa, level);
+            let entry = table.get(idx);
+            match entry.kind(level == F::LEVELS - 1) {
+                EntryKind::Empty => return None,
+                EntryKind::Leaf => {
+                    F::leaf_size(level)?;
+                    return Some((table, idx, level, entry));
+                }
+                EntryKind::Table => table = self.child(entry),
+            }
+        }
+        None
+    }
+
+    // ---- lookups ----
+
+    /// The translation of `gpa`, if it is mapped.
+    #[inline]
+    pub fn query(&self, gpa: GuestPhysAddr) -> NptResult<Translation> {
+        let addr = gpa.as_usize();
+        if addr as u64 >= F::GPA_LIMIT {
+            return Err(NptError::GpaOutOfRange { gpa: addr, gpa_bits: F::GPA_BITS });
+        }
+        let (_, _, level, entry) = self.find_leaf(addr).ok_or(NptError::NotMapped { gpa })?;
+        let size = F::leaf_size(level).ok_or(NptError::NotMapped { gpa })?;
+        let base: usize = entry.paddr().into();
+        Ok(Translation {
+            hpa: HostPhysAddr::from_usize(base + size.offset(addr)),
+            flags: entry.flags(),
+            size,
+        })
+    }
+
+    /// The host address `gpa` maps to, if any.
+    #[inline]
+    pub fn translate(&self, gpa: GuestPhysAddr) -> Option<HostPhysAddr> {
+        let addr = gpa.as_usize();
+        if addr as u64 >= F::GPA_LIMIT {
+            return None;
+        }
+        let (_, _, level, entry) = self.find_leaf(addr)?;
+        let size = F::leaf_size(level)?;
+        let base: usize = entry.paddr().into();
+        Some(HostPhysAddr::from_usize(base + size.offset(addr)))
+    }
+
+    // ---- single-page operations ----
+
+    /// Maps one page of `size` at `gpa` to `hpa`.
+    pub fn map(
+        &mut self,
+        gpa: GuestPhysAddr,
+        hpa: HostPhysAddr,
+        size: PageSize,
+        flags: MappingFlags,
+    ) -> NptResult<TlbFlush> {
+        if F::level_of(size).is_none() {
+            return Err(NptError::UnsupportedPageSize(size));
+        }
+        self.map_linear(gpa, hpa, size.bytes(), flags, size, true)
+    }
+
+    /// Removes the leaf that starts at `gpa`, whatever its size, and returns
+    /// what it mapped.
+    pub fn unmap(&mut self, gpa: GuestPhysAddr) -> NptResult<(Translation, TlbFlush)> {
+        let (table, idx, level, entry, size) = self.leaf_at(gpa)?;
+        table.set(idx, F::Entry::from_raw(0));
+        self.count_leaves(size, 1, false);
+        let mut flush = TlbFlush::none();
+        flush.add(gpa.as_usize(), size.bytes());
+        let t = Translation { hpa: entry.paddr().into(), flags: entry.flags(), size };
+        let _ = level;
+        // Free tables that became empty on the way down.
+        self.prune_path(gpa.as_usize(), &mut flush);
+        Ok((t, flush))
+    }
+
+    /// Changes the flags of the leaf that starts at `gpa`.
+    pub fn protect(&mut self, gpa: GuestPhysAddr, flags: MappingFlags) -> NptResult<TlbFlush> {
+        npt_entry::check_flags(flags)?;
+        let (table, idx, level, entry, size) = self.leaf_at(gpa)?;
+        let _ = level;
+        table.set(idx, F::Entry::new_page(entry.paddr(), flags, size.is_huge()));
+        let mut flush = TlbFlush::none();
+        flush.add(gpa.as_usize(), size.bytes());
+        Ok(flush)
+    }
+
+    /// Points the leaf that starts at `gpa` at `hpa` with `flags`, keeping
+    /// its size.
+    pub fn remap(
+        &mut self,
+        gpa: GuestPhysAddr,
+        hpa: HostPhysAddr,
+        flags: MappingFlags,
+    ) -> NptResult<TlbFlush> {
+        npt_entry::check_flags(flags)?;
+        let (table, idx, _, _, size) = self.leaf_at(gpa)?;
+        self.check_hpa_range(hpa, size.bytes(), size.bytes())?;
+        table.set(idx, F::Entry::new_page(hpa.into(), flags, size.is_huge()));
+        let mut flush = TlbFlush::none();
+        flush.add(gpa.as_usize(), size.bytes());
+        Ok(flush)
+    }
+
+    /// The leaf starting exactly at `gpa`.
+    #[allow(clippy::type_complexity)]
+    fn leaf_at(
+        &self,
+        gpa: GuestPhysAddr,
+    ) -> NptResult<(TableRef<F::Entry>, usize, usize, F::Entry, PageSize)> {
+        let addr = gpa.as_usize();
+        Self::check_gpa_range(gpa, PageSize::Size4K.bytes(), PageSize::Size4K.bytes())?;
+        let (table, idx, level, entry) = self.find_leaf(addr).ok_or(NptError::NotMapped { gpa })?;
+        let size = F::leaf_size(level).ok_or(NptError::NotMapped { gpa })?;
+        if !size.is_aligned(addr) {
+            return Err(NptError::SizeMismatch { gpa, mapped: size });
+        }
+        Ok((table, idx, level, entry, size))
+    }
+
+    /// Frees the tables on the path to `gpa` that are empty, deepest first.
+    pub(crate) fn prune_path(&mut self, gpa: usize, flush: &mut TlbFlush) {
+        let mut path: [(TableRef<F::Entry>, usize); MAX_LEVELS] = [(self.root_table(), 0); MAX_LEVELS];
+        let mut depth = 0;
+        let mut table = self.root_table();
+        for level in 0..F::LEVELS {
+            let idx = F::index(gpa, level);
+            path[level] = (table, idx);
+            depth = level;
+            let entry = table.get(idx);
+            if entry.kind(level == F::LEVELS - 1) != EntryKind::Table {
+                break;
+            }
+            table = self.child(entry);
+        }
+        // path[l] is the table at level l; unlink it from level l-1 when empty.
+        for level in (1..=depth).rev() {
+            let (table, _) = path[level];
+            if !table.is_empty(npt_entry::ENTRIES_PER_TABLE) {
+                break;
+            }
+            let (parent, pidx) = path[level - 1];
+            parent.set(pidx, F::Entry::from_raw(0));
+            let span = 1usize << F::shift(level - 1);
+            flush.add(gpa & !(span - 1), span);
+            self.free_table(table);
+        }
+    }
+}
+
+impl<F: NptFormat, A: FrameAllocator> Drop for NestedPageTable<F, A> {
+    fn drop(&mut self) {
+        fn free_level<F: NptFormat, A: FrameAllocator>(
+            t: &NestedPageTable<F, A>,
+            table: TableRef<F::Entry>,
+            level: usize,
+        ) {
+            if level + 1 >= F::LEVELS {
+                return;
+            }
+            for idx in 0..F::entries(level) {
+                let entry = table.get(idx);
+                if entry.kind(false) == EntryKind::Table {
+                    let child = t.child(entry);
+                    free_level(t, child, level + 1);
+                    t.alloc.dealloc_frames(child.hpa(), 1);
+                }
+            }
+        }
+        free_level(self, self.root_table(), 0);
+        self.alloc.dealloc_frames(self.root, F::ROOT_FRAMES);
+    }
+}
