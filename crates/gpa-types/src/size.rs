@@ -9,18 +9,17 @@ use memory_addr::{align_down, align_up, is_aligned};
 /// that. [`PageSize::Size512G`] exists because RISC-V Sv48x4/Sv57x4 allow a
 /// leaf one level higher still ("terapage"); the walker decodes such leaves
 /// but never creates them unless asked explicitly.
-#[repr(usize)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PageSize {
     /// 4 KiB (2^12 bytes): a leaf at the last level.
-    Size4K = 0x1000,
+    Size4K,
     /// 2 MiB (2^21 bytes): a leaf one level above the last.
-    Size2M = 0x20_0000,
+    Size2M,
     /// 1 GiB (2^30 bytes): a leaf two levels above the last.
-    Size1G = 0x4000_0000,
+    Size1G,
     /// 512 GiB (2^39 bytes): a leaf three levels above the last (RISC-V
     /// Sv48x4/Sv57x4 only).
-    Size512G = 0x80_0000_0000,
+    Size512G,
 }
 
 impl PageSize {
@@ -30,7 +29,7 @@ impl PageSize {
     /// The size in bytes.
     #[inline]
     pub const fn bytes(self) -> usize {
-        self as usize
+        1 << self.shift()
     }
 
     /// log2 of the size: 12, 21, 30 or 39.

@@ -433,6 +433,25 @@ impl NestedEntry for EptEntry {
         self.0
     }
 
+    /// Sets or clears bit 7 and keeps every other bit: rights, memory type,
+    /// ignore PAT, accessed/dirty, user execute and suppress #VE mean the
+    /// same in a PTE and in a 2 MiB/1 GiB leaf. Becoming huge clears address
+    /// bits 20:12 (reserved in a large leaf), so pass the first small leaf of
+    /// an aligned run when collapsing.
+    fn with_huge(self, huge: bool) -> Self {
+        if huge {
+            Self((self.0 & !(OFFSET_2M & ADDR_MASK)) | Self::LARGE_PAGE)
+        } else {
+            Self(self.0 & !Self::LARGE_PAGE)
+        }
+    }
+
+    /// Clears bit 1 (write access) and keeps every other bit. A leaf whose
+    /// only right was write (a misconfiguration) becomes not present.
+    fn write_protected(self, _huge: bool) -> Self {
+        Self(self.0 & !Self::WRITE)
+    }
+
     /// The type of bits 5:3 as [`EptMemoryType::to_memory_type`] reads it
     /// (UC as [`MemoryType::Device`]). The reserved encodings 2, 3 and 7 are
     /// reported as [`MemoryType::Device`], the strongest type. With
@@ -797,6 +816,24 @@ mod tests {
         f.clear();
         assert!(f.is_unused() && !f.is_present());
         assert_eq!(f.kind(true), EntryKind::Empty);
+    }
+
+    #[test]
+    fn huge_conversion_and_write_protect_keep_bits() {
+        // WT leaf with A/D, user execute and suppress #VE.
+        let small = EptEntry::from_raw(0x8000_0000_4020_0767);
+        let huge = small.with_huge(true);
+        assert_eq!(huge.raw(), 0x8000_0000_4020_07e7);
+        assert_eq!(huge.with_huge(false), small);
+        assert_eq!(huge.memory_type(), MemoryType::WriteThrough);
+        // Address bits 20:12 are reserved in a large leaf.
+        assert_eq!(
+            EptEntry::from_raw(0x4020_1077).with_huge(true).raw(),
+            0x4020_00f7
+        );
+        let ro = huge.write_protected(true);
+        assert_eq!(ro.raw(), 0x8000_0000_4020_07e5);
+        assert_eq!(ro.flags(), MappingFlags::READ | MappingFlags::EXECUTE);
     }
 
     #[test]

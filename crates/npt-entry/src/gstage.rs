@@ -269,11 +269,11 @@ impl Pbmt {
 
     /// The PBMT value for a generic memory type.
     ///
-    /// Svpbmt has three types, so the others map to the closest stronger
-    /// one: write-back, write-through and write-protect keep the PMAs only
-    /// for write-back ([`Pbmt::Pma`]); write-through, write-protect,
-    /// write-combining and uncached become [`Pbmt::Nc`] (non-cacheable main
-    /// memory, which may combine writes); device becomes [`Pbmt::Io`].
+    /// Svpbmt has three types, so types without an exact match take the
+    /// closest stronger (less cached) one: write-back keeps the PMAs
+    /// ([`Pbmt::Pma`]); uncached, write-combining, write-through and
+    /// write-protect become [`Pbmt::Nc`] (non-cacheable main memory, which
+    /// may combine writes); device becomes [`Pbmt::Io`].
     pub const fn from_memory_type(memory_type: MemoryType) -> Self {
         match memory_type {
             MemoryType::WriteBack => Self::Pma,

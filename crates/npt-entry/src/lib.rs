@@ -14,7 +14,7 @@
 //! build on every host: pick one with a type parameter.
 //!
 //! ```
-//! use npt_entry::{NestedEntry, NptFormat, ept::Ept4};
+//! use npt_entry::{GenericPTE, NestedEntry, NptFormat, ept::Ept4};
 //! use gpa_types::{HostPhysAddr, MappingFlags, PageSize};
 //!
 //! type E = <Ept4 as NptFormat>::Entry;

@@ -367,6 +367,39 @@ impl NestedEntry for NptEntry {
         self.0
     }
 
+    /// Re-encodes a 4 KiB PTE as a large leaf (`huge`) or a large leaf as a
+    /// 4 KiB PTE (`!huge`), keeping every attribute (P, R/W, U/S, PWT, PCD,
+    /// A, D, G, NX, the available bits) and moving the PAT bit between bit 7
+    /// (PTE) and bit 12 (large leaf).
+    ///
+    /// Bit 7 is PS in one encoding and PAT in the other, so the entry cannot
+    /// tell which it is in: `huge` says the target, and the entry is taken to
+    /// be in the other encoding, as when the walker splits or collapses.
+    /// Becoming huge clears address bits 20:12 (PAT and reserved bits in a
+    /// large leaf), so pass the first small leaf of an aligned run.
+    fn with_huge(self, huge: bool) -> Self {
+        if huge {
+            let pat = self.0 & Self::PAT_4K != 0;
+            let mut bits = (self.0 & !(OFFSET_2M & ADDR_MASK)) | Self::PAGE_SIZE;
+            if pat {
+                bits |= Self::PAT_LARGE;
+            }
+            Self(bits)
+        } else {
+            let pat = self.0 & Self::PAT_LARGE != 0;
+            let mut bits = self.0 & !Self::PAGE_SIZE & !Self::PAT_LARGE;
+            if pat {
+                bits |= Self::PAT_4K;
+            }
+            Self(bits)
+        }
+    }
+
+    /// Clears R/W and keeps every other bit (the page stays readable).
+    fn write_protected(self, _huge: bool) -> Self {
+        Self(self.0 & !Self::READ_WRITE)
+    }
+
     /// The type PCD:PWT selects under the power-on PAT: 00 WB, 01 WT, 10
     /// UC- ([`MemoryType::Uncached`]), 11 UC ([`MemoryType::Device`]: UC is
     /// what both device and uncached memory are encoded as, so the stronger
@@ -636,6 +669,22 @@ mod tests {
         assert_eq!(e.raw(), 0x8000_1087);
         // In a 4 KiB PTE bit 12 is address.
         assert_eq!(NptEntry::from_raw(0x1007).paddr(), pa(0x1000));
+    }
+
+    #[test]
+    fn huge_conversion_moves_pat_and_keeps_bits() {
+        // WT 4 KiB leaf with PAT (bit 7), A, D, G and NX.
+        let small = NptEntry::from_raw(0x8000_0000_4020_01ef);
+        let huge = small.with_huge(true);
+        assert_eq!(huge.raw(), 0x8000_0000_4020_11ef);
+        assert_eq!(huge.paddr(), pa(0x4020_0000));
+        assert_eq!(huge.with_huge(false), small);
+        // Address bits 20:12 are PAT and reserved in a large leaf.
+        let e = NptEntry::new_page(pa(0x4020_1000), RWX, false);
+        assert_eq!(e.with_huge(true).raw(), 0x4020_0087);
+        let ro = huge.write_protected(true);
+        assert_eq!(ro.raw(), 0x8000_0000_4020_11ed);
+        assert_eq!(ro.flags(), R);
     }
 
     #[test]

@@ -15,8 +15,11 @@
 //! manual numbers them by lookup level. Arm level = crate level +
 //! [`Stage2::START_LEVEL`], so the last crate level is always Arm level 3.
 //!
-//! Citations name the manual's section numbers *and* titles (issue K.a
-//! numbering); the titles are the stable way to find them in other issues.
+//! Citations give the section number in chapter D8 of recent issues *and*
+//! the section title, which is the stable way to find it in any issue.
+//! VTCR_EL2 and VTTBR_EL2 are cited by their register descriptions
+//! (chapter "AArch64 System Register Descriptions"), pseudocode by function
+//! name.
 //! The stage-2 encodings used here are those without FEAT_S2FWB, FEAT_LPA2,
 //! FEAT_S2PIE or FEAT_THE (none of which a descriptor built here relies on).
 
@@ -622,7 +625,7 @@ impl NestedEntry for Stage2Entry {
 // ---------------------------------------------------------------------------
 
 /// VTCR_EL2.T0SZ, bits\[5:0\]: IPA size is `64 - T0SZ` (register description
-/// VTCR_EL2, D23.2 in issue K.a).
+/// VTCR_EL2).
 const VTCR_T0SZ: Field = Field::bits(5, 0);
 /// VTCR_EL2.SL0, bits\[7:6\]: start level; with TG0 = 4 KiB `0b00` is level
 /// 2, `0b01` level 1, `0b10` level 0 (VTCR_EL2 description).
@@ -677,7 +680,7 @@ const VTCR_PS_ENCODINGS: [(u64, u32); 7] = [
 ];
 
 /// VTTBR_EL2.CnP, bit 0: common-not-private (FEAT_TTCNP) (register
-/// description VTTBR_EL2, D23.2 in issue K.a).
+/// description VTTBR_EL2).
 const VTTBR_CNP: u64 = 1 << 0;
 /// VTTBR_EL2.BADDR, bits\[47:1\]: base address of the (concatenated) start
 /// table; bits below the table's alignment are RES0 (VTTBR_EL2
@@ -815,7 +818,8 @@ pub struct Vtcr(u64);
 
 impl Vtcr {
     /// Builds VTCR_EL2 for an `ipa_bits` IPA walked from Arm level
-    /// `start_level` on a host with `pa_bits` physical-address bits.
+    /// `start_level` on a host with `pa_bits` physical-address bits (the
+    /// implemented size, ID_AA64MMFR0_EL1.PARange, which also goes into PS).
     ///
     /// Refuses an IPA size outside 32..=48, a PA size without a PS
     /// encoding, an IPA wider than the PA, a start level whose start table

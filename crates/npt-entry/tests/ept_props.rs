@@ -17,7 +17,11 @@ use proptest::prelude::*;
 const PA_MASK: u64 = (1 << 52) - 1;
 
 fn leaf_size() -> impl Strategy<Value = PageSize> {
-    prop_oneof![Just(PageSize::Size4K), Just(PageSize::Size2M), Just(PageSize::Size1G)]
+    prop_oneof![
+        Just(PageSize::Size4K),
+        Just(PageSize::Size2M),
+        Just(PageSize::Size1G)
+    ]
 }
 
 /// A host address inside 52 bits, aligned to `size`.
@@ -225,14 +229,56 @@ fn geometry() {
     assert_eq!(Ept5::leaf_size(4), Some(PageSize::Size4K));
     assert_eq!(Ept5::level_of(PageSize::Size512G), None);
 
-    assert!(EptEntry::HAS_ACCESSED_DIRTY);
     assert_eq!(EptEntry::PA_BITS, 52);
 }
 
 #[test]
 fn eptp_levels_match_the_formats() {
     for levels in [Ept4::LEVELS, Ept5::LEVELS] {
-        let e = Eptp::new(HostPhysAddr::from(0x1000), levels, EptMemoryType::WriteBack, false);
+        let e = Eptp::new(
+            HostPhysAddr::from(0x1000),
+            levels,
+            EptMemoryType::WriteBack,
+            false,
+        );
         assert_eq!(e.map(Eptp::levels), Ok(levels));
+    }
+}
+
+const _: () = assert!(EptEntry::HAS_ACCESSED_DIRTY);
+
+proptest! {
+    #[test]
+    fn huge_conversion_and_write_protect(
+        hpa in aligned_hpa(PageSize::Size2M),
+        flags in flags(),
+        t in memory_type(),
+        extra in 0u64..16,
+    ) {
+        // Leaf with some of A, D, user execute, suppress #VE set.
+        let mut extras = 0;
+        for (i, bit) in [EptEntry::ACCESSED, EptEntry::DIRTY, EptEntry::USER_EXECUTE, EptEntry::SUPPRESS_VE]
+            .into_iter()
+            .enumerate()
+        {
+            if extra & (1 << i) != 0 {
+                extras |= bit;
+            }
+        }
+        let small = EptEntry::new_leaf(HostPhysAddr::from(hpa), flags, PageSize::Size4K, t)
+            .map_err(|err| TestCaseError::fail(format!("{err}")))?;
+        let small = EptEntry::from_raw(small.raw() | extras);
+        let huge = small.with_huge(true);
+        prop_assert!(huge.is_huge());
+        prop_assert_eq!(huge.paddr(), small.paddr());
+        prop_assert_eq!(huge.flags(), small.flags());
+        prop_assert_eq!(huge.memory_type(), small.memory_type());
+        prop_assert_eq!(huge.raw() & extras, extras);
+        prop_assert_eq!(huge.with_huge(false), small);
+        for (e, is_huge) in [(small, false), (huge, true)] {
+            let ro = e.write_protected(is_huge);
+            prop_assert_eq!(ro.raw(), e.raw() & !EptEntry::WRITE);
+            prop_assert_eq!(ro.flags(), e.flags() - MappingFlags::WRITE);
+        }
     }
 }

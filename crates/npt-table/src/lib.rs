@@ -54,6 +54,8 @@ mod frames;
 #[cfg(feature = "std")]
 mod host;
 mod map;
+#[cfg(feature = "std")]
+pub mod model;
 mod range;
 mod raw;
 mod table;

@@ -1,0 +1,250 @@
+//! Property tests for the AMD nested-paging entry, its format and nCR3.
+//!
+//! What NPT can express: a present entry is always readable, so the rights
+//! are read, read+write, read+execute and read+write+execute; execute-only
+//! maps read+execute (the generators normalize write to imply read, as
+//! `check_flags` demands). Memory types through PCD:PWT with the default
+//! PAT: WB, WT, and UC for everything else, read back as
+//! `MemoryType::Device`, so `DEVICE` and `UNCACHED` both come back as
+//! `DEVICE`. `USER` is never reported (U/S is set on every present entry).
+
+use gpa_types::{HostPhysAddr, MappingFlags, MemoryType, PageSize};
+use memory_addr::PhysAddr;
+use npt_entry::npt::{Ncr3, Npt4, NptEntry};
+use npt_entry::{EntryError, EntryKind, GenericPTE, NestedEntry, NptFormat};
+use proptest::prelude::*;
+
+const PA_MASK: u64 = (1 << 52) - 1;
+
+fn leaf_size() -> impl Strategy<Value = PageSize> {
+    prop_oneof![
+        Just(PageSize::Size4K),
+        Just(PageSize::Size2M),
+        Just(PageSize::Size1G)
+    ]
+}
+
+/// A host address inside 52 bits, aligned to `size`.
+fn aligned_hpa(size: PageSize) -> impl Strategy<Value = usize> {
+    any::<u64>().prop_map(move |a| size.align_down((a & PA_MASK) as usize))
+}
+
+/// Normalized flags: at least one of R/W/X, W implies R, plus any of
+/// USER/DEVICE/UNCACHED.
+fn flags() -> impl Strategy<Value = MappingFlags> {
+    (1usize..8, 0usize..8).prop_map(|(mut rwx, extra)| {
+        if rwx & 0b010 != 0 {
+            rwx |= 0b001;
+        }
+        MappingFlags::from_bits_truncate(rwx | (extra << 3))
+    })
+}
+
+fn memory_type() -> impl Strategy<Value = MemoryType> {
+    prop_oneof![
+        Just(MemoryType::WriteBack),
+        Just(MemoryType::Uncached),
+        Just(MemoryType::WriteCombining),
+        Just(MemoryType::WriteThrough),
+        Just(MemoryType::WriteProtect),
+        Just(MemoryType::Device),
+    ]
+}
+
+/// What `flags()` reports for a leaf built from `flags`: READ always.
+fn expected_flags(flags: MappingFlags) -> MappingFlags {
+    let rights = MappingFlags::READ | (flags & (MappingFlags::WRITE | MappingFlags::EXECUTE));
+    if flags.intersects(MappingFlags::DEVICE | MappingFlags::UNCACHED) {
+        rights | MappingFlags::DEVICE
+    } else {
+        rights
+    }
+}
+
+/// The memory type NPT reads back for the one asked for.
+fn expected_type(t: MemoryType) -> MemoryType {
+    match t {
+        MemoryType::WriteBack => MemoryType::WriteBack,
+        MemoryType::WriteThrough => MemoryType::WriteThrough,
+        _ => MemoryType::Device,
+    }
+}
+
+proptest! {
+    #[test]
+    fn leaf_round_trips(
+        (size, hpa) in leaf_size().prop_flat_map(|s| (Just(s), aligned_hpa(s))),
+        flags in flags(),
+    ) {
+        let e = NptEntry::new_page(PhysAddr::from_usize(hpa), flags, size.is_huge());
+        prop_assert_eq!(e.paddr().as_usize(), hpa);
+        prop_assert_eq!(e.flags(), expected_flags(flags));
+        prop_assert!(!e.flags().contains(MappingFlags::USER));
+        prop_assert_eq!(e.is_huge(), size.is_huge());
+        prop_assert!(e.is_present());
+        prop_assert!(e.is_user());
+        prop_assert_eq!(e.is_no_execute(), !flags.contains(MappingFlags::EXECUTE));
+        // G and both PAT bits stay clear (bit 7 is PS on huge leaves).
+        prop_assert_eq!(e.raw() & NptEntry::GLOBAL, 0);
+        prop_assert_eq!(e.raw() & NptEntry::PAT_LARGE, if size.is_huge() { 0 } else { hpa as u64 & 0x1000 });
+        if !size.is_huge() {
+            prop_assert_eq!(e.raw() & NptEntry::PAT_4K, 0);
+        }
+        prop_assert_eq!(e.kind(!size.is_huge()), EntryKind::Leaf);
+        if size.is_huge() {
+            prop_assert_eq!(e.kind(false), EntryKind::Leaf);
+        }
+        prop_assert_eq!(NptEntry::from_raw(e.raw()), e);
+        prop_assert_eq!(e.bits() as u64, e.raw());
+        let h = HostPhysAddr::from(hpa);
+        prop_assert_eq!(NptEntry::try_new_leaf(h, flags, size), Ok(e));
+        prop_assert_eq!(NptEntry::new_leaf(h, flags, size, MemoryType::from_flags(flags)), Ok(e));
+    }
+
+    #[test]
+    fn explicit_memory_type_round_trips(
+        (size, hpa) in leaf_size().prop_flat_map(|s| (Just(s), aligned_hpa(s))),
+        flags in flags(),
+        t in memory_type(),
+    ) {
+        let e = NptEntry::new_leaf(HostPhysAddr::from(hpa), flags, size, t);
+        let e = e.map_err(|err| TestCaseError::fail(format!("{err}")))?;
+        prop_assert_eq!(e.memory_type(), expected_type(t));
+        let rights = expected_flags(flags) - MappingFlags::DEVICE;
+        prop_assert_eq!(e.flags(), rights | expected_type(t).to_flags());
+        prop_assert_eq!(e.paddr().as_usize(), hpa);
+    }
+
+    #[test]
+    fn table_round_trips(hpa in aligned_hpa(PageSize::Size4K)) {
+        let t = NptEntry::new_table(PhysAddr::from_usize(hpa));
+        prop_assert_eq!(t.paddr().as_usize(), hpa);
+        prop_assert!(t.is_present());
+        prop_assert!(t.is_user());
+        prop_assert!(!t.is_no_execute());
+        prop_assert!(!t.is_huge());
+        prop_assert_eq!(t.kind(false), EntryKind::Table);
+        let rwx = MappingFlags::READ | MappingFlags::WRITE | MappingFlags::EXECUTE;
+        prop_assert_eq!(t.flags(), rwx);
+        prop_assert_eq!(t.raw(), hpa as u64 | 0x7);
+    }
+
+    #[test]
+    fn accessed_dirty_clear(
+        (size, hpa) in leaf_size().prop_flat_map(|s| (Just(s), aligned_hpa(s))),
+        flags in flags(),
+    ) {
+        let e = NptEntry::new_page(PhysAddr::from_usize(hpa), flags, size.is_huge());
+        prop_assert!(!e.is_accessed() && !e.is_dirty());
+        let mut ad = NptEntry::from_raw(e.raw() | NptEntry::ACCESSED | NptEntry::DIRTY);
+        prop_assert!(ad.is_accessed() && ad.is_dirty());
+        prop_assert_eq!(ad.flags(), e.flags());
+        prop_assert_eq!(ad.paddr(), e.paddr());
+        ad.clear_accessed();
+        ad.clear_dirty();
+        prop_assert_eq!(ad, e);
+    }
+
+    #[test]
+    fn set_flags_matches_new_page(
+        (size, hpa) in leaf_size().prop_flat_map(|s| (Just(s), aligned_hpa(s))),
+        a in flags(),
+        b in flags(),
+    ) {
+        let mut e = NptEntry::new_page(PhysAddr::from_usize(hpa), a, size.is_huge());
+        e.set_flags(b, size.is_huge());
+        prop_assert_eq!(e, NptEntry::new_page(PhysAddr::from_usize(hpa), b, size.is_huge()));
+    }
+
+    #[test]
+    fn misaligned_huge_leaves_are_refused(
+        hpa in aligned_hpa(PageSize::Size1G),
+        offset in 1usize..(1 << 18),
+        huge_1g in any::<bool>(),
+    ) {
+        let size = if huge_1g { PageSize::Size1G } else { PageSize::Size2M };
+        let offset = (offset << 12) & (size.bytes() - 1);
+        prop_assume!(offset != 0);
+        let h = HostPhysAddr::from(hpa + offset);
+        prop_assert_eq!(
+            NptEntry::try_new_leaf(h, MappingFlags::READ, size),
+            Err(EntryError::Misaligned { hpa: h, size })
+        );
+    }
+
+    #[test]
+    fn index_matches_shifting(gpa in any::<usize>()) {
+        for level in 0..Npt4::LEVELS {
+            let shift = 12 + 9 * (Npt4::LEVELS - 1 - level);
+            prop_assert_eq!(Npt4::index(gpa, level), (gpa >> shift) & 0x1ff);
+        }
+        let g = gpa_types::GuestPhysAddr::from(gpa);
+        prop_assert_eq!(Npt4::gpa_in_range(g), (gpa as u64) < (1 << 48));
+    }
+
+    #[test]
+    fn ncr3_round_trips(root in aligned_hpa(PageSize::Size4K), t in memory_type()) {
+        let n = Ncr3::new(HostPhysAddr::from(root), t)
+            .map_err(|err| TestCaseError::fail(format!("{err}")))?;
+        prop_assert_eq!(n.root(), HostPhysAddr::from(root));
+        prop_assert_eq!(n.memory_type(), expected_type(t));
+        prop_assert_eq!(n.bits() & !(Ncr3::ADDR_MASK | Ncr3::PCD | Ncr3::PWT), 0);
+    }
+}
+
+#[test]
+fn geometry() {
+    assert_eq!(Npt4::LEVELS, 4);
+    assert_eq!(Npt4::GPA_BITS, 48);
+    assert_eq!(Npt4::ROOT_ENTRIES, 512);
+    assert_eq!(Npt4::ROOT_FRAMES, 1);
+    assert_eq!(Npt4::ROOT_ALIGN, 4096);
+    assert_eq!(Npt4::ROOT_SHIFT, 39);
+    assert_eq!(<Npt4 as NptFormat>::PA_BITS, 52);
+    assert_eq!(Npt4::leaf_size(0), None);
+    assert_eq!(Npt4::leaf_size(1), Some(PageSize::Size1G));
+    assert_eq!(Npt4::leaf_size(2), Some(PageSize::Size2M));
+    assert_eq!(Npt4::leaf_size(3), Some(PageSize::Size4K));
+    assert_eq!(Npt4::level_of(PageSize::Size512G), None);
+    assert_eq!(NptEntry::PA_BITS, 52);
+}
+
+const _: () = assert!(NptEntry::HAS_ACCESSED_DIRTY);
+
+proptest! {
+    #[test]
+    fn huge_conversion_and_write_protect(
+        hpa in aligned_hpa(PageSize::Size2M),
+        flags in flags(),
+        t in memory_type(),
+        extra in 0u64..16,
+    ) {
+        // Leaf with some of A, D, G and PAT set.
+        let mut extras = 0;
+        for (i, bit) in [NptEntry::ACCESSED, NptEntry::DIRTY, NptEntry::GLOBAL, NptEntry::PAT_4K]
+            .into_iter()
+            .enumerate()
+        {
+            if extra & (1 << i) != 0 {
+                extras |= bit;
+            }
+        }
+        let small = NptEntry::new_leaf(HostPhysAddr::from(hpa), flags, PageSize::Size4K, t)
+            .map_err(|err| TestCaseError::fail(format!("{err}")))?;
+        let small = NptEntry::from_raw(small.raw() | extras);
+        let huge = small.with_huge(true);
+        prop_assert!(huge.is_huge());
+        prop_assert_eq!(huge.paddr(), small.paddr());
+        prop_assert_eq!(huge.flags(), small.flags());
+        prop_assert_eq!(huge.memory_type(), small.memory_type());
+        let moved = (extras & !NptEntry::PAT_4K)
+            | if extras & NptEntry::PAT_4K != 0 { NptEntry::PAT_LARGE } else { 0 };
+        prop_assert_eq!(huge.raw() & moved, moved);
+        prop_assert_eq!(huge.with_huge(false), small);
+        for (e, is_huge) in [(small, false), (huge, true)] {
+            let ro = e.write_protected(is_huge);
+            prop_assert_eq!(ro.raw(), e.raw() & !NptEntry::READ_WRITE);
+            prop_assert_eq!(ro.flags(), e.flags() - MappingFlags::WRITE);
+        }
+    }
+}
