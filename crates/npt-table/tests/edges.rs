@@ -1,0 +1,277 @@
+//! Scenario tests: partial unmap/protect of huge leaves, double maps, width
+//! checks and root geometry.
+
+use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
+use npt_entry::{GenericPTE, NptFormat, ept::Ept4, gstage::Sv39x4, stage2::Stage2};
+use npt_table::{FrameAllocator, HostFrameAllocator, MapPolicy, NestedPageTable, NptError};
+
+const K4: usize = 0x1000;
+const M2: usize = 0x20_0000;
+const G1: usize = 0x4000_0000;
+const RW: MappingFlags = MappingFlags::READ.union(MappingFlags::WRITE);
+const R: MappingFlags = MappingFlags::READ;
+
+fn gpa(a: usize) -> GuestPhysAddr {
+    GuestPhysAddr::from(a)
+}
+fn hpa(a: usize) -> HostPhysAddr {
+    HostPhysAddr::from(a)
+}
+
+/// All mapped runs in the first 8 GiB (or the whole space if smaller).
+fn runs<F: NptFormat, A: FrameAllocator>(t: &NestedPageTable<F, A>) -> Vec<(usize, usize, usize, MappingFlags)> {
+    let len = (8 * G1).min(F::GPA_LIMIT as usize);
+    let mut v = Vec::new();
+    t.for_each_mapping(gpa(0), len, |r| v.push((r.gpa.as_usize(), r.hpa.as_usize(), r.len, r.flags))).unwrap();
+    v
+}
+
+/// Where a partial operation cuts a huge leaf of `size`: from the left edge,
+/// from the right edge, and in the middle.
+fn cuts(size: usize) -> [(usize, usize); 3] {
+    [(0, K4), (size - K4, K4), (size / 2 - K4, M2.min(size / 4) + 2 * K4)]
+}
+
+fn partial_unmap<F: NptFormat>(size: PageSize) {
+    let norm = <F::Entry as GenericPTE>::new_page(0.into(), RW, false).flags();
+    for (off, len) in cuts(size.bytes()) {
+        let alloc = HostFrameAllocator::new();
+        let mut t = NestedPageTable::<F, _>::new(&alloc).unwrap();
+        let (g, h) = (2 * G1, 3 * G1);
+        t.map(gpa(g), hpa(h), size, RW).unwrap().ignore();
+        assert_eq!(t.stats().leaves_of(size), 1);
+        let flush = t.unmap_region(gpa(g + off), len).unwrap();
+        assert!(flush.is_all() || flush.ranges().any(|r| r.start.as_usize() <= g + off && r.end.as_usize() >= g + off + len));
+        // The rest stays mapped with the same flags and addresses.
+        let mut expect = Vec::new();
+        if off > 0 {
+            expect.push((g, h, off, norm));
+        }
+        if off + len < size.bytes() {
+            expect.push((g + off + len, h + off + len, size.bytes() - off - len, norm));
+        }
+        assert_eq!(runs(&t), expect, "{} cut {off:#x}+{len:#x}", F::NAME);
+        assert!(t.query(gpa(g + off)).is_err());
+        assert_eq!(t.stats().leaves_of(size), 0);
+        // Unmapping the rest frees everything but the root.
+        t.unmap_region(gpa(g), size.bytes()).unwrap().ignore();
+        assert_eq!(t.stats().table_frames, F::ROOT_FRAMES);
+        drop(t);
+        assert_eq!(alloc.live_frames(), 0);
+    }
+}
+
+fn partial_protect<F: NptFormat>(size: PageSize) {
+    let norm = |f| <F::Entry as GenericPTE>::new_page(0.into(), f, false).flags();
+    for (off, len) in cuts(size.bytes()) {
+        let alloc = HostFrameAllocator::new();
+        let mut t = NestedPageTable::<F, _>::new(&alloc).unwrap();
+        let (g, h) = (G1, 5 * G1);
+        t.map(gpa(g), hpa(h), size, RW).unwrap().ignore();
+        t.protect_region(gpa(g + off), len, R).unwrap().ignore();
+        let mut expect = Vec::new();
+        if off > 0 {
+            expect.push((g, h, off, norm(RW)));
+        }
+        expect.push((g + off, h + off, len, norm(R)));
+        if off + len < size.bytes() {
+            expect.push((g + off + len, h + off + len, size.bytes() - off - len, norm(RW)));
+        }
+        assert_eq!(runs(&t), expect, "{} cut {off:#x}+{len:#x}", F::NAME);
+        let q = t.query(gpa(g + off + 0x10)).unwrap();
+        assert_eq!((q.hpa, q.flags, q.size), (hpa(h + off + 0x10), norm(R), PageSize::Size4K));
+        // Protecting back and collapsing restores one huge leaf.
+        t.protect_region(gpa(g), size.bytes(), RW).unwrap().ignore();
+        if size == PageSize::Size1G {
+            for i in 0..512 {
+                let _ = t.collapse(gpa(g + i * M2), PageSize::Size2M);
+            }
+        }
+        let c = t.collapse(gpa(g), size).unwrap();
+        assert!(c.freed_tables >= 1);
+        c.flush.ignore();
+        assert_eq!(t.stats().leaves_of(size), 1);
+        assert_eq!(t.stats().table_frames, F::ROOT_FRAMES + F::LEVELS - 1 - size.height());
+        drop(t);
+        assert_eq!(alloc.live_frames(), 0);
+    }
+}
+
+macro_rules! per_format {
+    ($($name:ident: $fmt:ty,)*) => {$(
+        mod $name {
+            use super::*;
+            #[test]
+            fn partial_unmap_of_2m_and_1g_leaves() {
+                partial_unmap::<$fmt>(PageSize::Size2M);
+                partial_unmap::<$fmt>(PageSize::Size1G);
+            }
+            #[test]
+            fn partial_protect_of_2m_and_1g_leaves() {
+                partial_protect::<$fmt>(PageSize::Size2M);
+                partial_protect::<$fmt>(PageSize::Size1G);
+            }
+            #[test]
+            fn map_over_a_mapping_fails_and_changes_nothing() {
+                map_over_existing::<$fmt>();
+            }
+            #[test]
+            fn gpa_past_the_width_is_rejected() {
+                past_width::<$fmt>();
+            }
+        }
+    )*};
+}
+
+per_format! {
+    ept4: npt_entry::ept::Ept4,
+    ept5: npt_entry::ept::Ept5,
+    npt4: npt_entry::npt::Npt4,
+    stage2_40: npt_entry::stage2::Stage2<40>,
+    stage2_48: npt_entry::stage2::Stage2<48>,
+    sv39x4: npt_entry::gstage::Sv39x4,
+    sv48x4: npt_entry::gstage::Sv48x4,
+    sv57x4: npt_entry::gstage::Sv57x4,
+}
+
+fn map_over_existing<F: NptFormat>() {
+    let alloc = HostFrameAllocator::new();
+    let mut t = NestedPageTable::<F, _>::new(&alloc).unwrap();
+    t.map_region(gpa(G1), hpa(G1), 4 * M2, RW, MapPolicy::Huge).unwrap().ignore();
+    t.map(gpa(G1 + 8 * M2 + 5 * K4), hpa(0x1000), PageSize::Size4K, R).unwrap().ignore();
+    let before = (runs(&t), t.stats(), alloc.live_frames());
+    // Exactly over, overlapping at the end, covering a lone 4K page, a huge
+    // page over small ones.
+    let attempts = [
+        (G1, M2, MapPolicy::Huge),
+        (G1 - M2, 2 * M2, MapPolicy::Huge),
+        (G1 + 8 * M2, M2, MapPolicy::Only4K),
+        (G1 + 8 * M2, M2, MapPolicy::Huge),
+        (0, 2 * G1, MapPolicy::Huge),
+    ];
+    for (g, len, policy) in attempts {
+        let r = t.map_region(gpa(g), hpa(8 * G1 + g), len, RW, policy);
+        assert!(matches!(r, Err(NptError::AlreadyMapped { .. })), "{} {g:#x}: {r:?}", F::NAME);
+        assert_eq!((runs(&t), t.stats(), alloc.live_frames()), before);
+    }
+    let r = t.map(gpa(G1 + M2), hpa(0), PageSize::Size4K, RW);
+    assert_eq!(r, Err(NptError::AlreadyMapped { gpa: gpa(G1 + M2) }));
+}
+
+fn past_width<F: NptFormat>() {
+    let alloc = HostFrameAllocator::new();
+    let mut t = NestedPageTable::<F, _>::new(&alloc).unwrap();
+    let limit = F::GPA_LIMIT as usize;
+    let out = t.map(gpa(limit), hpa(0), PageSize::Size4K, RW);
+    assert!(matches!(out, Err(NptError::GpaOutOfRange { .. })), "{out:?}");
+    let straddle = t.map_region(gpa(limit - K4), hpa(0), 2 * K4, RW, MapPolicy::Only4K);
+    assert!(matches!(straddle, Err(NptError::GpaOutOfRange { .. })), "{straddle:?}");
+    let wrap = t.map_region(gpa(usize::MAX - 0xfff), hpa(0), 2 * K4, RW, MapPolicy::Only4K);
+    assert!(matches!(wrap, Err(NptError::GpaOutOfRange { .. })), "{wrap:?}");
+    assert!(matches!(t.query(gpa(limit)), Err(NptError::GpaOutOfRange { .. })));
+    // The last page inside the width works.
+    t.map(gpa(limit - K4), hpa(0x5000), PageSize::Size4K, RW).unwrap().ignore();
+    assert_eq!(t.translate(gpa(limit - 1)), Some(hpa(0x5fff)));
+    assert_eq!(t.stats().table_frames, F::ROOT_FRAMES + F::LEVELS - 1);
+}
+
+#[test]
+fn named_width_limits() {
+    let alloc = HostFrameAllocator::new();
+    let mut sv39 = NestedPageTable::<Sv39x4, _>::new(&alloc).unwrap();
+    let e = sv39.map(gpa(1 << 41), hpa(0), PageSize::Size4K, RW).unwrap_err();
+    assert_eq!(e, NptError::GpaOutOfRange { gpa: 1 << 41, gpa_bits: 41 });
+    let mut s2 = NestedPageTable::<Stage2<40>, _>::new(&alloc).unwrap();
+    let e = s2.map(gpa(1 << 40), hpa(0), PageSize::Size4K, RW).unwrap_err();
+    assert_eq!(e, NptError::GpaOutOfRange { gpa: 1 << 40, gpa_bits: 40 });
+}
+
+#[test]
+fn bad_arguments_are_typed_errors() {
+    let alloc = HostFrameAllocator::new();
+    let mut t = NestedPageTable::<Ept4, _>::with_pa_bits(&alloc, 39).unwrap();
+    let p = MapPolicy::Huge;
+    assert_eq!(t.map_region(gpa(0), hpa(0), 0, RW, p), Err(NptError::ZeroLength));
+    assert_eq!(t.map_region(gpa(0x10), hpa(0), K4, RW, p), Err(NptError::GpaNotAligned { value: 0x10, align: K4 }));
+    assert_eq!(t.map_region(gpa(0), hpa(0), 0x1800, RW, p), Err(NptError::GpaNotAligned { value: 0x1800, align: K4 }));
+    assert_eq!(t.map_region(gpa(0), hpa(0x10), K4, RW, p), Err(NptError::HpaNotAligned { hpa: hpa(0x10), align: K4 }));
+    assert_eq!(
+        t.map_region(gpa(0), hpa((1 << 39) - K4), 2 * K4, RW, p),
+        Err(NptError::HpaOutOfRange { hpa: (1 << 39) - K4, pa_bits: 39 })
+    );
+    assert_eq!(t.map(gpa(M2), hpa(K4), PageSize::Size2M, RW), Err(NptError::HpaNotAligned { hpa: hpa(K4), align: M2 }));
+    assert_eq!(t.map(gpa(K4), hpa(0), PageSize::Size2M, RW), Err(NptError::GpaNotAligned { value: K4, align: M2 }));
+    assert_eq!(
+        t.map(gpa(0), hpa(0), PageSize::Size512G, RW),
+        Err(NptError::UnsupportedPageSize(PageSize::Size512G))
+    );
+    assert_eq!(t.map(gpa(0), hpa(0), PageSize::Size4K, MappingFlags::empty()), Err(NptError::BadFlags(MappingFlags::empty())));
+    assert_eq!(
+        t.map(gpa(0), hpa(0), PageSize::Size4K, MappingFlags::WRITE),
+        Err(NptError::BadFlags(MappingFlags::WRITE))
+    );
+    assert_eq!(t.unmap_region(gpa(0), M2), Err(NptError::NotMapped { gpa: gpa(0) }));
+    assert_eq!(t.protect_region(gpa(0), M2, R), Err(NptError::NotMapped { gpa: gpa(0) }));
+    assert!(matches!(t.unmap(gpa(0)), Err(NptError::NotMapped { .. })));
+    t.map(gpa(M2), hpa(M2), PageSize::Size2M, RW).unwrap().ignore();
+    assert_eq!(t.unmap(gpa(M2 + K4)).unwrap_err(), NptError::SizeMismatch { gpa: gpa(M2 + K4), mapped: PageSize::Size2M });
+    assert_eq!(t.stats().table_frames, 3);
+    assert_eq!(alloc.live_frames(), 3);
+}
+
+#[test]
+fn riscv_x4_roots_are_16k_with_2048_entries() {
+    assert_eq!((Sv39x4::ROOT_ENTRIES, Sv39x4::ROOT_FRAMES, Sv39x4::ROOT_ALIGN), (2048, 4, 0x4000));
+    let alloc = HostFrameAllocator::new();
+    let mut t = NestedPageTable::<Sv39x4, _>::new(&alloc).unwrap();
+    assert_eq!(t.root_hpa().as_usize() % 0x4000, 0);
+    assert_eq!(alloc.live_frames(), 4);
+    // GPA bits 40:30 select the root entry: the last root entry maps the top
+    // GiB of the 2 TiB space.
+    let top = (1 << 41) - G1;
+    assert_eq!(Sv39x4::index(top, 0), 2047);
+    assert_eq!(Sv39x4::index(0x155 << 30, 0), 0x155);
+    t.map(gpa(top), hpa(G1), PageSize::Size1G, RW).unwrap().ignore();
+    // The leaf sits in the root's last 8 bytes (offset 2047 * 8 in a 16 KiB root).
+    let root = alloc.phys_to_virt(t.root_hpa());
+    // SAFETY: the root is a live 16 KiB allocation of `alloc`.
+    let raw = unsafe { root.add(2047 * 8).cast::<u64>().read() };
+    assert_ne!(raw, 0);
+    assert_eq!(t.translate(gpa(top + 0x1234)), Some(hpa(G1 + 0x1234)));
+}
+
+#[test]
+fn huge_policy_picks_the_largest_aligned_leaves() {
+    let alloc = HostFrameAllocator::new();
+    let mut t = NestedPageTable::<Ept4, _>::new(&alloc).unwrap();
+    // 64 GiB + 2 MiB + 4 KiB at 1 GiB-aligned addresses.
+    let len = 64 * G1 + M2 + K4;
+    t.map_region(gpa(G1), hpa(G1), len, RW, MapPolicy::Huge).unwrap().ignore();
+    let s = t.stats();
+    assert_eq!((s.leaves_of(PageSize::Size1G), s.leaves_of(PageSize::Size2M), s.leaves_of(PageSize::Size4K)), (64, 1, 1));
+    // A GPA/HPA pair aligned only to 2 MiB gets no 1 GiB leaves.
+    let mut t2 = NestedPageTable::<Ept4, _>::new(&alloc).unwrap();
+    t2.map_region(gpa(G1), hpa(G1 + M2), G1, RW, MapPolicy::Huge).unwrap().ignore();
+    assert_eq!(t2.stats().leaves_of(PageSize::Size2M), 512);
+    let mut t3 = NestedPageTable::<Ept4, _>::new(&alloc).unwrap();
+    t3.map_region(gpa(0), hpa(0), 2 * G1, RW, MapPolicy::UpTo(PageSize::Size2M)).unwrap().ignore();
+    assert_eq!(t3.stats().leaves_of(PageSize::Size2M), 1024);
+}
+
+#[test]
+fn harvest_collects_and_clears_dirty_bits() {
+    use npt_entry::NestedEntry;
+    use npt_table::AccessBit;
+    let alloc = HostFrameAllocator::new();
+    let mut t = NestedPageTable::<Ept4, _>::new(&alloc).unwrap();
+    t.map_region(gpa(0), hpa(G1), 8 * K4, RW, MapPolicy::Only4K).unwrap().ignore();
+    // New leaves: whatever the format sets at creation is harvested once.
+    let mut bitmap = [0u64; 1];
+    t.harvest(gpa(0), 8 * K4, AccessBit::Dirty, &mut bitmap).unwrap().ignore();
+    let mut again = [0u64; 1];
+    t.harvest(gpa(0), 8 * K4, AccessBit::Dirty, &mut again).unwrap().ignore();
+    assert_eq!(again[0], 0, "harvest clears what it reports");
+    let _ = <npt_entry::ept::EptEntry as NestedEntry>::HAS_ACCESSED_DIRTY;
+    // Too small a bitmap is refused.
+    assert!(t.harvest(gpa(0), 65 * K4, AccessBit::Dirty, &mut [0u64; 1]).is_err());
+}
