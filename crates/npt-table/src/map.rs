@@ -21,6 +21,8 @@ enum Source<'s> {
     Linear(usize),
     /// One 4 KiB frame per page.
     Frames(&'s [HostPhysAddr]),
+    /// One leaf per chunk, chunks laid out back to back in GPA order.
+    Chunks(&'s [(HostPhysAddr, PageSize)]),
 }
 
 /// Consecutive leaves of one size in one table.
@@ -30,20 +32,24 @@ struct Run {
     level: usize,
     size: PageSize,
     count: usize,
+    /// Index of the run's first frame or chunk in the source (or the host
+    /// address of its first byte for a linear source).
+    src: usize,
 }
 
 /// Cuts `[gpa, end)` into runs for leaves no larger than `max`.
-struct Runs<F> {
+struct Runs<'s, F> {
     gpa: usize,
     end: usize,
+    /// Host address (linear) or frame/chunk index (lists).
     src: usize,
-    linear: bool,
+    source: Source<'s>,
     max: PageSize,
     exact: bool,
     _f: core::marker::PhantomData<F>,
 }
 
-impl<F: NptFormat> Iterator for Runs<F> {
+impl<F: NptFormat> Iterator for Runs<'_, F> {
     type Item = Run;
 
     #[inline]
@@ -52,24 +58,39 @@ impl<F: NptFormat> Iterator for Runs<F> {
             return None;
         }
         let remaining = self.end - self.gpa;
-        let mut size = self.max;
-        if !self.exact {
-            while size > PageSize::Size4K
-                && !(size.is_aligned(self.gpa)
-                    && (!self.linear || size.is_aligned(self.src))
-                    && remaining >= size.bytes()
-                    && F::level_of(size).is_some())
-            {
-                size = size.smaller().unwrap_or(PageSize::Size4K);
+        let (size, limit) = match self.source {
+            Source::Linear(_) => {
+                let mut size = self.max;
+                if !self.exact {
+                    while size > PageSize::Size4K
+                        && !(size.is_aligned(self.gpa)
+                            && size.is_aligned(self.src)
+                            && remaining >= size.bytes()
+                            && F::level_of(size).is_some())
+                    {
+                        size = size.smaller().unwrap_or(PageSize::Size4K);
+                    }
+                }
+                (size, usize::MAX)
             }
-        }
+            Source::Frames(_) => (PageSize::Size4K, usize::MAX),
+            Source::Chunks(chunks) => {
+                let rest = chunks.get(self.src..).unwrap_or(&[]);
+                let size = rest.first()?.1;
+                let same = rest.iter().take_while(|c| c.1 == size).count();
+                (size, same)
+            }
+        };
         let level = F::level_of(size)?;
         let idx = F::index(self.gpa, level);
-        let count = (F::entries(level) - idx).min(remaining / size.bytes());
-        let run = Run { gpa: self.gpa, level, size, count };
+        let count = (F::entries(level) - idx).min(remaining / size.bytes()).min(limit);
+        let run = Run { gpa: self.gpa, level, size, count, src: self.src };
         let bytes = count * size.bytes();
         self.gpa += bytes;
-        self.src += bytes;
+        self.src += match self.source {
+            Source::Linear(_) => bytes,
+            Source::Frames(_) | Source::Chunks(_) => count,
+        };
         Some(run)
     }
 }
@@ -114,6 +135,34 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         self.map_checked(gpa.as_usize(), end, Source::Frames(frames), flags, PageSize::Size4K, true)
     }
 
+    /// Maps host chunks back to back from `gpa`: chunk `i` of `size` bytes
+    /// becomes one leaf of that size, at the GPA where chunk `i - 1` ends.
+    /// Every chunk's GPA and HPA must be aligned to its size. This is how a
+    /// region backed by a mix of 1 GiB, 2 MiB and 4 KiB frames is mapped in
+    /// one all-or-nothing step.
+    pub fn map_chunks(
+        &mut self,
+        gpa: GuestPhysAddr,
+        chunks: &[(HostPhysAddr, PageSize)],
+        flags: MappingFlags,
+    ) -> NptResult<TlbFlush> {
+        npt_entry::check_flags(flags)?;
+        let mut pos = gpa.as_usize();
+        for &(hpa, size) in chunks {
+            if F::level_of(size).is_none() {
+                return Err(NptError::UnsupportedPageSize(size));
+            }
+            let at = GuestPhysAddr::from_usize(pos);
+            let end = Self::check_gpa_range(at, size.bytes(), size.bytes())?;
+            self.check_hpa_range(hpa, size.bytes(), size.bytes())?;
+            pos = end;
+        }
+        if pos == gpa.as_usize() {
+            return Err(NptError::ZeroLength);
+        }
+        self.map_checked(gpa.as_usize(), pos, Source::Chunks(chunks), flags, PageSize::Size4K, true)
+    }
+
     pub(crate) fn map_linear(
         &mut self,
         gpa: GuestPhysAddr,
@@ -130,12 +179,12 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         self.map_checked(gpa.as_usize(), end, Source::Linear(hpa.as_usize()), flags, max, exact)
     }
 
-    fn runs(start: usize, end: usize, src: Source<'_>, max: PageSize, exact: bool) -> Runs<F> {
-        let (src, linear) = match src {
-            Source::Linear(hpa) => (hpa, true),
-            Source::Frames(_) => (0, false),
+    fn runs<'s>(start: usize, end: usize, source: Source<'s>, max: PageSize, exact: bool) -> Runs<'s, F> {
+        let src = match source {
+            Source::Linear(hpa) => hpa,
+            Source::Frames(_) | Source::Chunks(_) => 0,
         };
-        Runs { gpa: start, end, src, linear, max, exact, _f: core::marker::PhantomData }
+        Runs { gpa: start, end, src, source, max, exact, _f: core::marker::PhantomData }
     }
 
     fn map_checked(
@@ -150,7 +199,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         let needed = self.plan_map(Self::runs(start, end, src, max, exact))?;
         let mut stash = Stash::take(&self.alloc, needed)?;
         let mut flush = TlbFlush::none();
-        self.write_map(Self::runs(start, end, src, max, exact), src, start, flags, &mut stash);
+        self.write_map(Self::runs(start, end, src, max, exact), src, flags, &mut stash);
         stash.give_back(&self.alloc);
         flush.add(start, end - start);
         Ok(flush)
@@ -158,7 +207,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
 
     /// Read-only pass: fails if anything in the runs is mapped, else counts
     /// the table frames the writer will create.
-    fn plan_map(&self, runs: Runs<F>) -> NptResult<usize> {
+    fn plan_map(&self, runs: Runs<'_, F>) -> NptResult<usize> {
         let mut needed = 0;
         // Base GPA of the table the writer will have created at each level
         // by the time it reaches the current run.
@@ -204,9 +253,8 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// Writes the runs, creating tables from the stash. Cannot fail.
     fn write_map(
         &mut self,
-        runs: Runs<F>,
+        runs: Runs<'_, F>,
         src: Source<'_>,
-        start: usize,
         flags: MappingFlags,
         stash: &mut Stash,
     ) {
@@ -225,10 +273,9 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             };
             let template = templates[run.size.is_huge() as usize];
             let idx = F::index(run.gpa, run.level);
-            let offset = run.gpa - start;
             match src {
-                Source::Linear(hpa) => {
-                    let mut pa = hpa + offset;
+                Source::Linear(_) => {
+                    let mut pa = run.src;
                     for i in idx..idx + run.count {
                         let mut entry = template;
                         entry.set_paddr(pa.into());
@@ -237,11 +284,18 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                     }
                 }
                 Source::Frames(frames) => {
-                    let first = offset / PageSize::Size4K.bytes();
-                    let run_frames = frames.get(first..first + run.count).unwrap_or(&[]);
+                    let run_frames = frames.get(run.src..run.src + run.count).unwrap_or(&[]);
                     for (i, frame) in (idx..idx + run.count).zip(run_frames) {
                         let mut entry = template;
                         entry.set_paddr((*frame).into());
+                        table.set(i, entry);
+                    }
+                }
+                Source::Chunks(chunks) => {
+                    let run_chunks = chunks.get(run.src..run.src + run.count).unwrap_or(&[]);
+                    for (i, chunk) in (idx..idx + run.count).zip(run_chunks) {
+                        let mut entry = template;
+                        entry.set_paddr(chunk.0.into());
                         table.set(i, entry);
                     }
                 }

@@ -204,6 +204,69 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         Ok(())
     }
 
+    /// Splits every huge leaf overlapping `[gpa, gpa + len)` down to 4 KiB
+    /// leaves with the same attributes (e.g. before dirty logging, so that
+    /// one guest write dirties 4 KiB). Translations do not change. Frames for
+    /// all splits are taken first; on `NoMemory` nothing changes.
+    pub fn split_region(&mut self, gpa: GuestPhysAddr, len: usize) -> NptResult<TlbFlush> {
+        let end = Self::check_gpa_range(gpa, len, PageSize::Size4K.bytes())?;
+        let start = gpa.as_usize();
+        let mut needed = 0usize;
+        self.visit(self.root_table(), 0, start, end, &mut |_, _, size, _| {
+            // Tables a leaf of `size` turns into when split down to 4 KiB.
+            let mut tables = 0usize;
+            let mut per_level = 1usize;
+            for _ in 0..size.height() {
+                tables = tables.saturating_add(per_level);
+                per_level = per_level.saturating_mul(ENTRIES_PER_TABLE);
+            }
+            needed = needed.saturating_add(tables);
+        });
+        let mut stash = Stash::take(&self.alloc, needed)?;
+        let mut flush = TlbFlush::none();
+        let root = self.root_table();
+        self.split_all(root, 0, start, end, &mut stash, &mut flush);
+        stash.give_back(&self.alloc);
+        Ok(flush)
+    }
+
+    fn split_all(
+        &mut self,
+        table: TableRef<F::Entry>,
+        level: usize,
+        start: usize,
+        end: usize,
+        stash: &mut Stash,
+        flush: &mut TlbFlush,
+    ) {
+        if level + 1 >= F::LEVELS {
+            return;
+        }
+        let size = 1usize << F::shift(level);
+        let mut pos = start;
+        while pos < end {
+            let entry_base = pos & !(size - 1);
+            let hi = end.min(entry_base.saturating_add(size));
+            let idx = F::index(pos, level);
+            let entry = table.get(idx);
+            let child = match entry.kind(false) {
+                EntryKind::Empty => None,
+                EntryKind::Leaf => {
+                    let child = self.split(table, idx, level, entry, stash);
+                    if child.is_some() {
+                        flush.add(entry_base, size);
+                    }
+                    child
+                }
+                EntryKind::Table => Some(self.child(entry)),
+            };
+            if let Some(child) = child {
+                self.split_all(child, level + 1, pos, hi, stash, flush);
+            }
+            pos = hi;
+        }
+    }
+
     /// Read-only descent: `f(lo, hi, size, entry)` for each leaf overlapping
     /// `[start, end)`, clipped.
     fn visit(

@@ -275,3 +275,49 @@ fn harvest_collects_and_clears_dirty_bits() {
     // Too small a bitmap is refused.
     assert!(t.harvest(gpa(0), 65 * K4, AccessBit::Dirty, &mut [0u64; 1]).is_err());
 }
+
+#[test]
+fn split_region_turns_huge_leaves_into_4k_and_collapse_undoes_it() {
+    use npt_entry::stage2::Stage2Ipa40;
+    let alloc = HostFrameAllocator::new();
+    let mut t = NestedPageTable::<Stage2Ipa40, _>::new(&alloc).unwrap();
+    t.map_region(gpa(G1), hpa(2 * G1), G1 + M2, RW, MapPolicy::Huge).unwrap().ignore();
+    let before = runs(&t);
+    t.split_region(gpa(G1), G1 + M2).unwrap().ignore();
+    assert_eq!(runs(&t), before);
+    let s = t.stats();
+    assert_eq!((s.leaves_of(PageSize::Size1G), s.leaves_of(PageSize::Size2M)), (0, 0));
+    assert_eq!(s.leaves_of(PageSize::Size4K), 513 * 512);
+    for i in 0..513 {
+        t.collapse(gpa(G1 + i * M2), PageSize::Size2M).unwrap().flush.ignore();
+    }
+    t.collapse(gpa(G1), PageSize::Size1G).unwrap().flush.ignore();
+    assert_eq!(runs(&t), before);
+    assert_eq!(t.stats().leaves_of(PageSize::Size1G), 1);
+    assert_eq!(t.stats().leaves_of(PageSize::Size2M), 1);
+    drop(t);
+    assert_eq!(alloc.live_frames(), 0);
+}
+
+#[test]
+fn map_chunks_maps_mixed_sizes_back_to_back() {
+    let alloc = HostFrameAllocator::new();
+    let mut t = NestedPageTable::<Sv39x4, _>::new(&alloc).unwrap();
+    let chunks = [
+        (hpa(0x9000_0000), PageSize::Size2M),
+        (hpa(0x7000_0000), PageSize::Size2M),
+        (hpa(0x1234_5000), PageSize::Size4K),
+        (hpa(0x1000), PageSize::Size4K),
+    ];
+    t.map_chunks(gpa(G1), &chunks, RW).unwrap().ignore();
+    assert_eq!(t.translate(gpa(G1 + 0x10)), Some(hpa(0x9000_0010)));
+    assert_eq!(t.translate(gpa(G1 + M2 + 0x10)), Some(hpa(0x7000_0010)));
+    assert_eq!(t.translate(gpa(G1 + 2 * M2 + 0x10)), Some(hpa(0x1234_5010)));
+    assert_eq!(t.translate(gpa(G1 + 2 * M2 + K4)), Some(hpa(0x1000)));
+    assert_eq!(t.stats().leaves_of(PageSize::Size2M), 2);
+    // A chunk whose GPA is not aligned to its size is refused, and nothing changes.
+    let bad = [(hpa(0x5000), PageSize::Size4K), (hpa(0x20_0000), PageSize::Size2M)];
+    let before = runs(&t);
+    assert!(matches!(t.map_chunks(gpa(2 * G1), &bad, RW), Err(NptError::GpaNotAligned { .. })));
+    assert_eq!(runs(&t), before);
+}

@@ -1,0 +1,164 @@
+//! Errors of address-space operations.
+
+use core::fmt;
+
+use gpa_types::{ConfigError, ConfigField, GuestPhysAddr};
+use npt_table::NptError;
+
+/// Why an address-space operation was refused. On error the space is as it
+/// was before the call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AspaceError {
+    /// The nested table refused (alignment, widths, out of frames, ...).
+    Table(NptError),
+    /// A size of zero.
+    ZeroSize,
+    /// An address or size not aligned to 4 KiB (or to what it needs).
+    NotAligned {
+        /// The value.
+        value: usize,
+        /// The alignment it needed.
+        align: usize,
+    },
+    /// The range leaves the space's guest-physical window.
+    OutsideWindow {
+        /// Start of the range.
+        gpa: GuestPhysAddr,
+        /// Its length.
+        len: usize,
+    },
+    /// The range overlaps an existing region.
+    Overlap {
+        /// Start of the new range.
+        gpa: GuestPhysAddr,
+        /// Start of the region it overlaps.
+        existing: GuestPhysAddr,
+    },
+    /// No region covers this address.
+    NoRegion {
+        /// The address.
+        gpa: GuestPhysAddr,
+    },
+    /// Guest memory access reached an address that is not host-accessible
+    /// RAM (MMIO, unmapped, or pass-through memory the space does not own).
+    NotRam {
+        /// The first failing address.
+        gpa: GuestPhysAddr,
+    },
+    /// A removal would cut a huge backing frame of an owned region.
+    CutsBacking {
+        /// The address of the cut.
+        gpa: GuestPhysAddr,
+    },
+    /// The operation does not apply to this region (e.g. dirty logging on
+    /// MMIO, or logging already on/off).
+    WrongRegionState {
+        /// Start of the region.
+        gpa: GuestPhysAddr,
+    },
+    /// A config record is invalid.
+    Config {
+        /// Index of the record in the list.
+        index: usize,
+        /// What is wrong with it.
+        error: ConfigError,
+    },
+    /// A config record is valid alone but cannot be placed (overlap, window).
+    ConfigPlacement {
+        /// Index of the record in the list.
+        index: usize,
+        /// The field at fault.
+        field: ConfigField,
+        /// The underlying error.
+        error: PlacementError,
+    },
+    /// The frame allocator ran out.
+    NoMemory,
+}
+
+/// Why a valid config record could not be placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlacementError {
+    /// Outside the window.
+    OutsideWindow,
+    /// Overlaps the region starting at this address.
+    Overlap(GuestPhysAddr),
+    /// The nested table refused it.
+    Table,
+    /// Out of frames.
+    NoMemory,
+}
+
+impl From<NptError> for AspaceError {
+    fn from(e: NptError) -> Self {
+        match e {
+            NptError::NoMemory => Self::NoMemory,
+            e => Self::Table(e),
+        }
+    }
+}
+
+impl fmt::Display for AspaceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Table(e) => write!(f, "nested table: {e}"),
+            Self::ZeroSize => write!(f, "size is zero"),
+            Self::NotAligned { value, align } => write!(f, "{value:#x} is not aligned to {align:#x}"),
+            Self::OutsideWindow { gpa, len } => write!(
+                f,
+                "[{:#x}, {:#x}) leaves the guest-physical window",
+                gpa.as_usize(),
+                gpa.as_usize().saturating_add(len)
+            ),
+            Self::Overlap { gpa, existing } => write!(
+                f,
+                "range at {:#x} overlaps the region at {:#x}",
+                gpa.as_usize(),
+                existing.as_usize()
+            ),
+            Self::NoRegion { gpa } => write!(f, "no region at {:#x}", gpa.as_usize()),
+            Self::NotRam { gpa } => write!(f, "{:#x} is not host-accessible guest RAM", gpa.as_usize()),
+            Self::CutsBacking { gpa } => {
+                write!(f, "{:#x} cuts a huge backing frame of an owned region", gpa.as_usize())
+            }
+            Self::WrongRegionState { gpa } => {
+                write!(f, "the region at {:#x} is not in a state for this operation", gpa.as_usize())
+            }
+            Self::Config { index, error } => write!(f, "memory_regions[{index}]: {error}"),
+            Self::ConfigPlacement { index, field, error } => {
+                write!(f, "memory_regions[{index}]: {field}: ")?;
+                match error {
+                    PlacementError::OutsideWindow => write!(f, "outside the guest-physical window"),
+                    PlacementError::Overlap(at) => write!(f, "overlaps the region at {:#x}", at.as_usize()),
+                    PlacementError::Table => write!(f, "rejected by the nested table"),
+                    PlacementError::NoMemory => write!(f, "out of memory"),
+                }
+            }
+            Self::NoMemory => write!(f, "out of memory"),
+        }
+    }
+}
+
+impl core::error::Error for AspaceError {}
+
+impl From<AspaceError> for axerrno::AxErrorKind {
+    fn from(e: AspaceError) -> Self {
+        use axerrno::AxErrorKind as K;
+        match e {
+            AspaceError::Table(t) => t.into(),
+            AspaceError::NoMemory => K::NoMemory,
+            AspaceError::Overlap { .. } => K::AlreadyExists,
+            AspaceError::NoRegion { .. } => K::NotFound,
+            AspaceError::NotRam { .. } => K::BadAddress,
+            AspaceError::OutsideWindow { .. } => K::OutOfRange,
+            AspaceError::WrongRegionState { .. } | AspaceError::CutsBacking { .. } => K::BadState,
+            AspaceError::ZeroSize
+            | AspaceError::NotAligned { .. }
+            | AspaceError::Config { .. }
+            | AspaceError::ConfigPlacement { .. } => K::InvalidInput,
+        }
+    }
+}
+
+/// Shorthand for address-space results.
+pub type AspaceResult<T = ()> = Result<T, AspaceError>;

@@ -1,0 +1,1 @@
+//! GVA→GPA walks of the guest's own page tables (placeholder).

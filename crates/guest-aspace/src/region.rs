@@ -1,0 +1,157 @@
+//! Regions: what backs each part of the guest-physical window.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use gpa_types::{GuestPhysAddr, GuestPhysAddrRange, HostPhysAddr, MappingFlags, PageSize};
+
+/// How a region is backed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// RAM the space allocates, zeroes and owns (`MAP_ALLOC`). `lazy` RAM is
+    /// filled page by page on faults; eager RAM is populated when added, with
+    /// 1 GiB/2 MiB frames and leaves where alignment and the allocator allow.
+    Alloc {
+        /// Populate on first touch instead of at add time.
+        lazy: bool,
+    },
+    /// Host memory the space allocated and placed at GPA == HPA (AxVisor's
+    /// `MAP_IDENTICAL`); owned.
+    AllocIdentical,
+    /// Pass-through: GPA == HPA (`MAP_IDENTICAL` of existing host memory,
+    /// `MAP_RESERVED`); not owned, never freed.
+    Identical,
+    /// Pass-through at an offset: GPA `base + x` maps HPA `hpa + x`; not owned.
+    Linear {
+        /// Host address of the region's first byte.
+        hpa: HostPhysAddr,
+    },
+    /// Device space. `None`: left unmapped so accesses exit for emulation;
+    /// `Some(hpa)`: mapped pass-through to `hpa` with the device memory type.
+    Mmio {
+        /// Pass-through target, if any.
+        passthrough: Option<HostPhysAddr>,
+    },
+    /// Read-only (optionally executable) memory the space owns, e.g.
+    /// firmware; the host loads it, guest writes fault.
+    Rom,
+}
+
+impl Backing {
+    /// Whether the space allocates and frees this region's frames.
+    pub fn is_owned(&self) -> bool {
+        matches!(self, Self::Alloc { .. } | Self::AllocIdentical | Self::Rom)
+    }
+
+    /// The short kind of the backing.
+    pub fn kind(&self) -> RegionKind {
+        match self {
+            Self::Alloc { .. } => RegionKind::Ram,
+            Self::AllocIdentical | Self::Identical => RegionKind::Identical,
+            Self::Linear { .. } => RegionKind::Linear,
+            Self::Mmio { .. } => RegionKind::Mmio,
+            Self::Rom => RegionKind::Rom,
+        }
+    }
+}
+
+/// The kind of a region, as queries report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RegionKind {
+    /// Allocated RAM.
+    Ram,
+    /// GPA == HPA.
+    Identical,
+    /// GPA = HPA + offset.
+    Linear,
+    /// Device space.
+    Mmio,
+    /// Read-only memory.
+    Rom,
+}
+
+/// A run of owned backing: frames allocated together, freed together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Chunk {
+    pub(crate) hpa: HostPhysAddr,
+    pub(crate) size: PageSize,
+}
+
+/// Dirty-logging state of a region.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DirtyLog {
+    /// Bit `i`: the 4 KiB page at `start + i * 4096` was written.
+    pub(crate) bitmap: Vec<u64>,
+}
+
+impl DirtyLog {
+    pub(crate) fn new(pages: usize) -> Self {
+        Self { bitmap: alloc::vec![0; pages.div_ceil(64)] }
+    }
+
+    pub(crate) fn mark(&mut self, page: usize) {
+        if let Some(word) = self.bitmap.get_mut(page / 64) {
+            *word |= 1 << (page % 64);
+        }
+    }
+}
+
+/// One region of the window.
+#[derive(Debug, Clone)]
+pub(crate) struct Region {
+    pub(crate) start: usize,
+    pub(crate) size: usize,
+    pub(crate) flags: MappingFlags,
+    pub(crate) backing: Backing,
+    /// Owned backing by guest address of the chunk's first byte.
+    pub(crate) chunks: BTreeMap<usize, Chunk>,
+    pub(crate) dirty: Option<DirtyLog>,
+}
+
+impl Region {
+    pub(crate) fn end(&self) -> usize {
+        self.start + self.size
+    }
+
+    pub(crate) fn info(&self) -> RegionInfo {
+        RegionInfo {
+            range: GuestPhysAddrRange::from_start_size(GuestPhysAddr::from_usize(self.start), self.size),
+            flags: self.flags,
+            backing: self.backing,
+            populated: self.chunks.values().map(|c| c.size.bytes()).sum(),
+            dirty_logging: self.dirty.is_some(),
+        }
+    }
+
+    /// The host address backing `gpa` for the pass-through kinds.
+    pub(crate) fn passthrough_hpa(&self, gpa: usize) -> Option<HostPhysAddr> {
+        let off = gpa - self.start;
+        match self.backing {
+            Backing::Identical => Some(HostPhysAddr::from_usize(gpa)),
+            Backing::Linear { hpa } => Some(hpa + off),
+            Backing::Mmio { passthrough: Some(hpa) } => Some(hpa + off),
+            _ => None,
+        }
+    }
+
+    /// The owned chunk containing `gpa` and its start.
+    pub(crate) fn chunk_at(&self, gpa: usize) -> Option<(usize, Chunk)> {
+        let (&start, &chunk) = self.chunks.range(..=gpa).next_back()?;
+        (gpa < start + chunk.size.bytes()).then_some((start, chunk))
+    }
+}
+
+/// A public view of one region.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RegionInfo {
+    /// The guest-physical range.
+    pub range: GuestPhysAddrRange,
+    /// The guest's rights.
+    pub flags: MappingFlags,
+    /// What backs it.
+    pub backing: Backing,
+    /// Bytes of owned backing allocated so far.
+    pub populated: usize,
+    /// Whether dirty logging is on.
+    pub dirty_logging: bool,
+}
