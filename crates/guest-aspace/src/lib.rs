@@ -1,5 +1,43 @@
-//! A guest's address space: regions, backends, translation, faults, guest
-//! memory access, GVA→GPA walks and dirty logging over one nested table.
+//! A guest's address space: the crate a hypervisor talks to when it creates
+//! a VM, loads its image, handles its exits and tears it down.
+//!
+//! [`GuestAddrSpace<F, A>`] owns one nested table ([`npt_table`]) of format
+//! `F` and a sorted set of non-overlapping regions inside a guest-physical
+//! window:
+//!
+//! | kind | backing | owned |
+//! |---|---|---|
+//! | RAM (`MAP_ALLOC`) | allocated, zeroed; eager (huge frames where possible) or lazy | yes |
+//! | identical (`MAP_IDENTICAL`, `MAP_RESERVED`) | GPA == HPA pass-through, or allocated and placed at its own address | no / yes |
+//! | linear | GPA = HPA + offset pass-through | no |
+//! | MMIO | unmapped (exits, reported by [`GuestAddrSpace::handle_fault`]) or device pass-through | no |
+//! | ROM | allocated, read-only (+execute), host-loaded | yes |
+//!
+//! It translates GPAs ([`GuestAddrSpace::translate`], [`GuestAddrSpace::query`],
+//! [`GuestAddrSpace::hpa_to_gpa`]), classifies faults ([`FaultOutcome`]),
+//! reads and writes guest memory safely, walks the guest's own page tables
+//! ([`gva`]) and logs dirty pages. Every mutating call returns the
+//! [`npt_table::TlbFlush`] record for the caller to act on.
+//!
+//! ```
+//! use guest_aspace::{ConfigOptions, GuestAddrSpace};
+//! use npt_table::HostFrameAllocator;
+//! use npt_entry::gstage::Sv39x4;
+//! use gpa_types::{GuestPhysAddr, GuestPhysAddrRange};
+//!
+//! let alloc = HostFrameAllocator::new();
+//! let window = GuestPhysAddrRange::from_start_size(0.into(), 1 << 34);
+//! let records = [
+//!     [0x8000_0000, 0x400_0000, 0x7, 0], // 64 MiB RAM
+//!     [0x1000_0000, 0x1000, 0x3, 3],     // UART, emulated
+//!     [0x2000_0000, 0x10_0000, 0x5, 4],  // 1 MiB flash ROM
+//! ];
+//! let (space, flush) =
+//!     GuestAddrSpace::<Sv39x4, _>::from_config(&alloc, window, &records, ConfigOptions::default()).unwrap();
+//! flush.ignore();
+//! assert!(space.translate(GuestPhysAddr::from(0x8000_0000)).is_some());
+//! assert_eq!(space.regions().count(), 3);
+//! ```
 #![no_std]
 #![warn(missing_docs)]
 
@@ -7,4 +45,19 @@ extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+mod config;
+mod dirty;
+mod error;
+mod fault;
 pub mod gva;
+mod memory;
+mod region;
+mod shared;
+mod space;
+
+pub use config::ConfigOptions;
+pub use error::{AspaceError, AspaceResult, PlacementError};
+pub use fault::{Access, FaultOutcome};
+pub use region::{Backing, RegionInfo, RegionKind};
+pub use shared::SharedAddrSpace;
+pub use space::{GpaInfo, GuestAddrSpace, HostChunk};

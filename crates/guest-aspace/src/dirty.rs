@@ -1,0 +1,139 @@
+//! Dirty logging for live migration and snapshots.
+//!
+//! Starting splits the region's huge leaves (so one guest write dirties
+//! 4 KiB, not 2 MiB) and write-protects it. A guest write then faults;
+//! [`GuestAddrSpace::handle_fault`] marks the page and makes it writable
+//! again. Host writes through the space's own write API are marked too,
+//! since no stage-2 bit sees them. Collecting returns the bitmap and
+//! re-arms the pages it names; stopping restores permissions and collapses
+//! owned huge backing back into huge leaves.
+
+use gpa_types::{GuestPhysAddr, MappingFlags, PageSize};
+use npt_entry::NptFormat;
+use npt_table::{FrameAllocator, NptError, TlbFlush};
+
+use crate::error::{AspaceError, AspaceResult};
+use crate::region::{Backing, DirtyLog};
+use crate::space::GuestAddrSpace;
+
+const PAGE: usize = PageSize::Size4K.bytes();
+
+fn allow_not_mapped(r: Result<TlbFlush, NptError>) -> AspaceResult<TlbFlush> {
+    match r {
+        Ok(f) => Ok(f),
+        Err(NptError::NotMapped { .. }) => Ok(TlbFlush::none()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
+    /// Starts dirty logging on the region that starts at `gpa`.
+    pub fn start_dirty_log(&mut self, gpa: GuestPhysAddr) -> AspaceResult<TlbFlush> {
+        let region = self.regions.get(&gpa.as_usize()).ok_or(AspaceError::NoRegion { gpa })?;
+        if region.dirty.is_some()
+            || region.backing == (Backing::Mmio { passthrough: None })
+            || !region.flags.contains(MappingFlags::WRITE)
+        {
+            return Err(AspaceError::WrongRegionState { gpa });
+        }
+        let (start, size) = (region.start, region.size);
+        let mut flush = allow_not_mapped(self.table.split_region(start.into(), size))?;
+        flush.merge(allow_not_mapped(self.table.write_protect_region(start.into(), size))?);
+        if let Some(region) = self.regions.get_mut(&start) {
+            region.dirty = Some(DirtyLog::new(size / PAGE));
+        }
+        Ok(flush)
+    }
+
+    /// Copies the dirty bitmap of the region at `gpa` into `out` (bit `i`
+    /// for the page at `gpa + i * 4096`; `out` must hold one bit per page),
+    /// clears it, and write-protects the pages it named again.
+    pub fn collect_dirty(&mut self, gpa: GuestPhysAddr, out: &mut [u64]) -> AspaceResult<TlbFlush> {
+        let region = self.regions.get_mut(&gpa.as_usize()).ok_or(AspaceError::NoRegion { gpa })?;
+        let (start, flags) = (region.start, region.flags);
+        let pages = region.size / PAGE;
+        let log = region.dirty.as_mut().ok_or(AspaceError::WrongRegionState { gpa })?;
+        if out.len() * 64 < pages {
+            return Err(AspaceError::Table(NptError::FrameCount { expected: pages.div_ceil(64), given: out.len() }));
+        }
+        let bitmap = core::mem::replace(&mut log.bitmap, alloc::vec![0; pages.div_ceil(64)]);
+        let mut flush = TlbFlush::none();
+        for (w, (dst, word)) in out.iter_mut().zip(bitmap.iter()).enumerate() {
+            *dst = *word;
+            let mut bits = *word;
+            while bits != 0 {
+                let page = start + (w * 64 + bits.trailing_zeros() as usize) * PAGE;
+                bits &= bits - 1;
+                if self.table.translate(page.into()).is_some() {
+                    flush.merge(self.table.protect(page.into(), flags - MappingFlags::WRITE)?);
+                }
+            }
+        }
+        Ok(flush)
+    }
+
+    /// Stops dirty logging on the region at `gpa`: restores its permissions
+    /// and collapses owned huge backing into huge leaves again.
+    pub fn stop_dirty_log(&mut self, gpa: GuestPhysAddr) -> AspaceResult<TlbFlush> {
+        let region = self.regions.get_mut(&gpa.as_usize()).ok_or(AspaceError::NoRegion { gpa })?;
+        if region.dirty.take().is_none() {
+            return Err(AspaceError::WrongRegionState { gpa });
+        }
+        let (start, size, flags) = (region.start, region.size, region.flags);
+        let huge: alloc::vec::Vec<(usize, PageSize)> =
+            region.chunks.iter().filter(|(_, c)| c.size.is_huge()).map(|(g, c)| (*g, c.size)).collect();
+        let identical = matches!(region.backing, Backing::Identical | Backing::AllocIdentical | Backing::Linear { .. });
+        let mut flush = allow_not_mapped(self.table.protect_region(start.into(), size, flags))?;
+        let mut spans = huge;
+        if identical {
+            // Pass-through memory was mapped with the largest leaves its
+            // alignment allowed: collapse every aligned span.
+            for page in [PageSize::Size2M, PageSize::Size1G] {
+                let mut pos = page.checked_align_up(start).unwrap_or(usize::MAX);
+                while pos.saturating_add(page.bytes()) <= start + size {
+                    spans.push((pos, page));
+                    pos += page.bytes();
+                }
+            }
+        }
+        // 2 MiB spans before 1 GiB ones, so a 1 GiB collapse finds 2 MiB leaves.
+        spans.sort_by_key(|(g, s)| (*s, *g));
+        for (g, page) in spans {
+            if page == PageSize::Size1G {
+                let mut sub = g;
+                while sub < g + page.bytes() {
+                    if let Ok(c) = self.table.collapse(sub.into(), PageSize::Size2M) {
+                        flush.merge(c.flush);
+                    }
+                    sub += PageSize::Size2M.bytes();
+                }
+            }
+            if let Ok(c) = self.table.collapse(g.into(), page) {
+                flush.merge(c.flush);
+            }
+        }
+        Ok(flush)
+    }
+
+    /// Marks the page at `page` dirty if its region is logging.
+    pub(crate) fn mark_dirty(&mut self, page: usize) {
+        if let Some(region) = self.region_at_mut(page) {
+            let idx = (page - region.start) / PAGE;
+            if let Some(log) = region.dirty.as_mut() {
+                log.mark(idx);
+            }
+        }
+    }
+
+    /// Marks every page of a host write while logging.
+    pub(crate) fn mark_host_write(&mut self, gpa: usize, len: usize) {
+        if len == 0 {
+            return;
+        }
+        let mut page = gpa & !(PAGE - 1);
+        while page < gpa + len {
+            self.mark_dirty(page);
+            page += PAGE;
+        }
+    }
+}

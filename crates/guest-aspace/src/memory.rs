@@ -1,0 +1,176 @@
+//! Safe guest-memory access from the host side.
+//!
+//! Reads and writes go through the nested table to the host frames the
+//! space owns, one leaf at a time, crossing page and region boundaries. An
+//! access that reaches MMIO, unmapped space or pass-through memory the space
+//! does not own fails before any byte is copied, naming the first failing
+//! GPA. No reference into guest memory outlives the call.
+
+use gpa_types::{GuestPhysAddr, HostPhysAddr, PageSize};
+use npt_entry::NptFormat;
+use npt_table::FrameAllocator;
+
+use crate::error::{AspaceError, AspaceResult};
+use crate::region::{Backing, Chunk};
+use crate::space::GuestAddrSpace;
+
+const PAGE: usize = PageSize::Size4K.bytes();
+
+/// Zeroes a freshly allocated owned chunk.
+pub(crate) fn zero_chunk<A: FrameAllocator>(alloc: &A, chunk: Chunk) {
+    zero_bytes(alloc, chunk.hpa, chunk.size.bytes());
+}
+
+/// Zeroes `len` bytes of a fresh allocation at `hpa`.
+pub(crate) fn zero_bytes<A: FrameAllocator>(alloc: &A, hpa: HostPhysAddr, len: usize) {
+    // SAFETY: callers pass an allocation of at least `len` bytes they just
+    // obtained from `alloc` and own exclusively; the allocator contract makes
+    // `phys_to_virt(hpa)` valid for writes of all of it.
+    unsafe { core::ptr::write_bytes(alloc.phys_to_virt(hpa), 0, len) }
+}
+
+/// How a host access treats a region.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Read,
+    Write,
+    /// Host image loading: ROM is writable too.
+    Load,
+}
+
+impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
+    /// Checks that every byte of `[gpa, gpa + len)` is host-accessible for
+    /// `purpose`; returns the start of each lazy page not yet populated
+    /// through `missing`.
+    fn check_access(&self, gpa: usize, len: usize, purpose: Purpose, mut missing: impl FnMut(usize)) -> AspaceResult<()> {
+        let end = gpa.checked_add(len).ok_or(AspaceError::NotRam { gpa: gpa.into() })?;
+        let mut pos = gpa;
+        while pos < end {
+            let region = self.region_at(pos).ok_or(AspaceError::NotRam { gpa: pos.into() })?;
+            let ok = match region.backing {
+                Backing::Alloc { .. } | Backing::AllocIdentical => true,
+                Backing::Rom => purpose != Purpose::Write,
+                _ => false,
+            };
+            if !ok {
+                return Err(AspaceError::NotRam { gpa: pos.into() });
+            }
+            let region_end = region.end().min(end);
+            if matches!(region.backing, Backing::Alloc { lazy: true }) {
+                let mut page = pos & !(PAGE - 1);
+                while page < region_end {
+                    if region.chunk_at(page).is_none() {
+                        missing(page);
+                    }
+                    page += PAGE;
+                }
+            }
+            pos = region_end;
+        }
+        Ok(())
+    }
+
+    /// Copies between guest memory and `buf` leaf by leaf. The range has
+    /// been checked; unpopulated lazy pages read as zeros.
+    fn copy(&self, gpa: usize, len: usize, mut f: impl FnMut(usize, Option<*mut u8>, usize)) {
+        let alloc = self.table.allocator();
+        let mut pos = gpa;
+        let end = gpa + len;
+        while pos < end {
+            match self.table.query(pos.into()) {
+                Ok(t) => {
+                    let n = (t.size.bytes() - t.size.offset(pos)).min(end - pos);
+                    f(pos - gpa, Some(alloc.phys_to_virt(t.hpa)), n);
+                    pos += n;
+                }
+                Err(_) => {
+                    let n = (PAGE - pos % PAGE).min(end - pos);
+                    f(pos - gpa, None, n);
+                    pos += n;
+                }
+            }
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `gpa`.
+    pub fn read(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> AspaceResult<()> {
+        self.check_access(gpa.as_usize(), buf.len(), Purpose::Read, |_| {})?;
+        let len = buf.len();
+        let dst = buf.as_mut_ptr();
+        self.copy(gpa.as_usize(), len, |off, src, n| match src {
+            // SAFETY: `src` points into a frame this space owns (checked
+            // above), valid for `n` bytes up to the end of its leaf per the
+            // allocator contract; `dst + off .. + n` lies inside `buf`.
+            // Guest memory and `buf` never overlap.
+            Some(src) => unsafe { core::ptr::copy_nonoverlapping(src, dst.add(off), n) },
+            // SAFETY: as above, inside `buf`.
+            None => unsafe { core::ptr::write_bytes(dst.add(off), 0, n) },
+        });
+        Ok(())
+    }
+
+    /// Writes `data` at `gpa` (not to ROM: see
+    /// [`GuestAddrSpace::load_image`]). Lazy pages are populated first, so
+    /// nothing is written unless everything can be.
+    pub fn write(&mut self, gpa: GuestPhysAddr, data: &[u8]) -> AspaceResult<()> {
+        self.write_as(gpa, data, Purpose::Write)
+    }
+
+    /// Loads an image at `gpa` from the host side; ROM regions accept it.
+    pub fn load_image(&mut self, gpa: GuestPhysAddr, image: &[u8]) -> AspaceResult<()> {
+        self.write_as(gpa, image, Purpose::Load)
+    }
+
+    fn write_as(&mut self, gpa: GuestPhysAddr, data: &[u8], purpose: Purpose) -> AspaceResult<()> {
+        let mut missing = alloc::vec::Vec::new();
+        self.check_access(gpa.as_usize(), data.len(), purpose, |p| missing.push(p))?;
+        for page in missing {
+            // Populating is invisible to the guest (it would read zeros
+            // either way), so pages populated before a failure may stay.
+            self.populate_page(page, false)?.ignore();
+        }
+        let src = data.as_ptr();
+        self.copy(gpa.as_usize(), data.len(), |off, dst, n| {
+            if let Some(dst) = dst {
+                // SAFETY: `dst` points into an owned frame (checked above),
+                // valid for `n` bytes; `src + off .. + n` lies inside `data`.
+                unsafe { core::ptr::copy_nonoverlapping(src.add(off), dst, n) }
+            }
+        });
+        self.mark_host_write(gpa.as_usize(), data.len());
+        Ok(())
+    }
+}
+
+macro_rules! le_accessors {
+    ($($read:ident $write:ident $t:ty;)*) => {
+        impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
+            $(
+                #[doc = concat!("Reads a little-endian `", stringify!($t), "` at `gpa`.")]
+                pub fn $read(&self, gpa: GuestPhysAddr) -> AspaceResult<$t> {
+                    let mut b = [0u8; core::mem::size_of::<$t>()];
+                    self.read(gpa, &mut b)?;
+                    Ok(<$t>::from_le_bytes(b))
+                }
+
+                #[doc = concat!("Writes a little-endian `", stringify!($t), "` at `gpa`.")]
+                pub fn $write(&mut self, gpa: GuestPhysAddr, value: $t) -> AspaceResult<()> {
+                    self.write(gpa, &value.to_le_bytes())
+                }
+            )*
+        }
+    };
+}
+
+le_accessors! {
+    read_u8 write_u8 u8;
+    read_u16 write_u16 u16;
+    read_u32 write_u32 u32;
+    read_u64 write_u64 u64;
+}
+
+impl<F: NptFormat, A: FrameAllocator> crate::gva::GuestPhysRead for GuestAddrSpace<F, A> {
+    fn read_u64(&self, gpa: GuestPhysAddr) -> Option<u64> {
+        GuestAddrSpace::read_u64(self, gpa).ok()
+    }
+}

@@ -1,0 +1,532 @@
+//! [`GuestAddrSpace`]: regions over one nested table.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use gpa_types::{GuestPhysAddr, GuestPhysAddrRange, HostPhysAddr, MappingFlags, PageSize};
+use npt_entry::NptFormat;
+use npt_table::{FrameAllocator, MapPolicy, NestedPageTable, NptError, TableStats, TlbFlush};
+
+use crate::error::{AspaceError, AspaceResult};
+use crate::region::{Backing, Chunk, Region, RegionInfo, RegionKind};
+
+const PAGE: usize = PageSize::Size4K.bytes();
+
+/// What a GPA resolves to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GpaInfo {
+    /// The host address (offset included).
+    pub hpa: HostPhysAddr,
+    /// The leaf's flags.
+    pub flags: MappingFlags,
+    /// The size of the leaf mapping it.
+    pub page_size: PageSize,
+    /// The kind of region it lies in.
+    pub kind: RegionKind,
+}
+
+/// A piece of host memory backing part of a guest range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostChunk {
+    /// First guest address of the piece.
+    pub gpa: GuestPhysAddr,
+    /// Host address it maps to.
+    pub hpa: HostPhysAddr,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+/// One VM's guest-physical address space: a nested table of format `F` on
+/// allocator `A`, and a sorted, non-overlapping set of regions inside a
+/// window.
+///
+/// ```
+/// use guest_aspace::{FaultOutcome, GuestAddrSpace, Access};
+/// use npt_table::HostFrameAllocator;
+/// use npt_entry::ept::Ept4;
+/// use gpa_types::{GuestPhysAddr, GuestPhysAddrRange, MappingFlags};
+///
+/// let alloc = HostFrameAllocator::new();
+/// let window = GuestPhysAddrRange::from_start_size(0.into(), 1 << 32);
+/// let mut vm = GuestAddrSpace::<Ept4, _>::new(&alloc, window).unwrap();
+/// let rwx = MappingFlags::READ | MappingFlags::WRITE | MappingFlags::EXECUTE;
+/// vm.add_ram(GuestPhysAddr::from(0x8000_0000), 4 << 20, rwx, false).unwrap().ignore();
+/// vm.add_mmio(GuestPhysAddr::from(0x0900_0000), 0x1000, None).unwrap().ignore();
+/// vm.write_u32(GuestPhysAddr::from(0x8000_0ffe), 0xdead_beef).unwrap();
+/// assert_eq!(vm.read_u32(GuestPhysAddr::from(0x8000_0ffe)).unwrap(), 0xdead_beef);
+/// let out = vm.handle_fault(GuestPhysAddr::from(0x0900_0004), Access::Write).unwrap();
+/// assert!(matches!(out, FaultOutcome::Mmio { .. }));
+/// drop(vm);
+/// assert_eq!(alloc.live_frames(), 0);
+/// ```
+pub struct GuestAddrSpace<F: NptFormat, A: FrameAllocator> {
+    pub(crate) table: NestedPageTable<F, A>,
+    pub(crate) window: (usize, usize),
+    pub(crate) regions: BTreeMap<usize, Region>,
+    /// Owned chunks by host address: (guest address, length).
+    pub(crate) reverse: BTreeMap<usize, (usize, usize)>,
+}
+
+impl<F: NptFormat, A: FrameAllocator> core::fmt::Debug for GuestAddrSpace<F, A> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("GuestAddrSpace")
+            .field("format", &F::NAME)
+            .field("window", &self.window)
+            .field("regions", &self.regions.len())
+            .field("table", &self.table.stats())
+            .finish()
+    }
+}
+
+impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
+    /// An empty space over `window` (4 KiB aligned, inside the format's GPA
+    /// width).
+    pub fn new(alloc: A, window: GuestPhysAddrRange) -> AspaceResult<Self> {
+        let (start, end) = (window.start.as_usize(), window.end.as_usize());
+        if start >= end {
+            return Err(AspaceError::ZeroSize);
+        }
+        for v in [start, end] {
+            if v % PAGE != 0 {
+                return Err(AspaceError::NotAligned { value: v, align: PAGE });
+            }
+        }
+        if end as u64 > F::GPA_LIMIT {
+            return Err(AspaceError::OutsideWindow { gpa: window.start, len: end - start });
+        }
+        Ok(Self {
+            table: NestedPageTable::new(alloc)?,
+            window: (start, end),
+            regions: BTreeMap::new(),
+            reverse: BTreeMap::new(),
+        })
+    }
+
+    /// The nested table (for its root HPA and statistics).
+    pub fn table(&self) -> &NestedPageTable<F, A> {
+        &self.table
+    }
+
+    /// Host-physical address of the nested table's root.
+    pub fn root_hpa(&self) -> HostPhysAddr {
+        self.table.root_hpa()
+    }
+
+    /// Table statistics.
+    pub fn table_stats(&self) -> TableStats {
+        self.table.stats()
+    }
+
+    /// The guest-physical window.
+    pub fn window(&self) -> GuestPhysAddrRange {
+        GuestPhysAddrRange::new(self.window.0.into(), self.window.1.into())
+    }
+
+    /// Every region, in GPA order.
+    pub fn regions(&self) -> impl Iterator<Item = RegionInfo> + '_ {
+        self.regions.values().map(Region::info)
+    }
+
+    // ---- region lookup ----
+
+    pub(crate) fn region_at(&self, gpa: usize) -> Option<&Region> {
+        let (_, r) = self.regions.range(..=gpa).next_back()?;
+        (gpa < r.end()).then_some(r)
+    }
+
+    pub(crate) fn region_at_mut(&mut self, gpa: usize) -> Option<&mut Region> {
+        let (_, r) = self.regions.range_mut(..=gpa).next_back()?;
+        (gpa < r.end()).then_some(r)
+    }
+
+    /// The region containing `gpa`.
+    pub fn find_region(&self, gpa: GuestPhysAddr) -> Option<RegionInfo> {
+        self.region_at(gpa.as_usize()).map(Region::info)
+    }
+
+    /// Whether a region contains `gpa`.
+    pub fn contains(&self, gpa: GuestPhysAddr) -> bool {
+        self.region_at(gpa.as_usize()).is_some()
+    }
+
+    /// Whether regions cover all of `[gpa, gpa + len)` (possibly several
+    /// adjacent ones).
+    pub fn contains_range(&self, gpa: GuestPhysAddr, len: usize) -> bool {
+        let Some(end) = gpa.as_usize().checked_add(len) else {
+            return false;
+        };
+        let mut pos = gpa.as_usize();
+        while pos < end {
+            match self.region_at(pos) {
+                Some(r) => pos = r.end(),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Checks a new region's range: size, alignment, window, overlap.
+    pub(crate) fn check_free(&self, gpa: usize, size: usize) -> AspaceResult<usize> {
+        if size == 0 {
+            return Err(AspaceError::ZeroSize);
+        }
+        for v in [gpa, size] {
+            if v % PAGE != 0 {
+                return Err(AspaceError::NotAligned { value: v, align: PAGE });
+            }
+        }
+        let outside = AspaceError::OutsideWindow { gpa: gpa.into(), len: size };
+        let end = gpa.checked_add(size).ok_or(outside)?;
+        if gpa < self.window.0 || end > self.window.1 {
+            return Err(outside);
+        }
+        if let Some((&s, r)) = self.regions.range(..end).next_back() {
+            if r.end() > gpa {
+                return Err(AspaceError::Overlap { gpa: gpa.into(), existing: s.into() });
+            }
+        }
+        Ok(end)
+    }
+
+    fn insert(&mut self, start: usize, size: usize, flags: MappingFlags, backing: Backing) -> &mut Region {
+        let region = Region { start, size, flags, backing, chunks: BTreeMap::new(), dirty: None };
+        self.regions.entry(start).or_insert(region)
+    }
+
+    // ---- adding regions ----
+
+    /// Adds RAM the space allocates and owns (`MAP_ALLOC`). Eager RAM is
+    /// populated now, with 1 GiB/2 MiB frames and leaves where the GPA
+    /// alignment, the format and the allocator allow; lazy RAM on faults.
+    /// Frames are zeroed before the guest can see them.
+    pub fn add_ram(&mut self, gpa: GuestPhysAddr, size: usize, flags: MappingFlags, lazy: bool) -> AspaceResult<TlbFlush> {
+        self.add_owned(gpa.as_usize(), size, flags, Backing::Alloc { lazy })
+    }
+
+    /// Adds read-only memory the space owns (firmware): readable, and
+    /// executable if asked. Load it with [`GuestAddrSpace::load_image`];
+    /// guest writes fault and [`GuestAddrSpace::handle_fault`] reports them
+    /// as violations.
+    pub fn add_rom(&mut self, gpa: GuestPhysAddr, size: usize, executable: bool) -> AspaceResult<TlbFlush> {
+        let mut flags = MappingFlags::READ;
+        if executable {
+            flags |= MappingFlags::EXECUTE;
+        }
+        self.add_owned(gpa.as_usize(), size, flags, Backing::Rom)
+    }
+
+    fn add_owned(&mut self, gpa: usize, size: usize, flags: MappingFlags, backing: Backing) -> AspaceResult<TlbFlush> {
+        self.check_free(gpa, size)?;
+        npt_entry::check_flags(flags).map_err(|e| AspaceError::Table(e.into()))?;
+        let lazy = matches!(backing, Backing::Alloc { lazy: true });
+        let chunks = if lazy { Vec::new() } else { self.alloc_chunks(gpa, size)? };
+        let flush = self.map_owned(gpa, &chunks, flags)?;
+        let region = self.insert(gpa, size, flags, backing);
+        for (g, c) in &chunks {
+            region.chunks.insert(*g, *c);
+        }
+        for (g, c) in chunks {
+            self.reverse.insert(c.hpa.as_usize(), (g, c.size.bytes()));
+        }
+        Ok(flush)
+    }
+
+    /// Maps owned chunks in one all-or-nothing step; frees them on failure.
+    pub(crate) fn map_owned(&mut self, gpa: usize, chunks: &[(usize, Chunk)], flags: MappingFlags) -> AspaceResult<TlbFlush> {
+        if chunks.is_empty() {
+            return Ok(TlbFlush::none());
+        }
+        let list: Vec<(HostPhysAddr, PageSize)> = chunks.iter().map(|(_, c)| (c.hpa, c.size)).collect();
+        match self.table.map_chunks(gpa.into(), &list, flags) {
+            Ok(flush) => Ok(flush),
+            Err(e) => {
+                self.free_chunks(chunks.iter().map(|(_, c)| *c));
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Allocates zeroed backing for `[gpa, gpa + size)`, largest frames
+    /// first. All or nothing.
+    pub(crate) fn alloc_chunks(&self, gpa: usize, size: usize) -> AspaceResult<Vec<(usize, Chunk)>> {
+        let alloc = self.table.allocator();
+        let mut chunks: Vec<(usize, Chunk)> = Vec::new();
+        let mut can = [true; 2]; // 1 GiB, 2 MiB still worth trying
+        let mut pos = gpa;
+        let end = gpa + size;
+        while pos < end {
+            let mut got = None;
+            for (i, page) in [PageSize::Size1G, PageSize::Size2M].into_iter().enumerate() {
+                if can[i] && page <= F::MAX_LEAF && F::level_of(page).is_some() && page.is_aligned(pos) && end - pos >= page.bytes() {
+                    match alloc.alloc_frames(page.bytes() / PAGE, page.bytes()) {
+                        Some(hpa) => {
+                            got = Some(Chunk { hpa, size: page });
+                            break;
+                        }
+                        None => can[i] = false,
+                    }
+                }
+            }
+            let chunk = match got {
+                Some(c) => c,
+                None => match alloc.alloc_frame() {
+                    Some(hpa) => Chunk { hpa, size: PageSize::Size4K },
+                    None => {
+                        self.free_chunks(chunks.into_iter().map(|(_, c)| c));
+                        return Err(AspaceError::NoMemory);
+                    }
+                },
+            };
+            crate::memory::zero_chunk(alloc, chunk);
+            chunks.push((pos, chunk));
+            pos += chunk.size.bytes();
+        }
+        Ok(chunks)
+    }
+
+    pub(crate) fn free_chunks(&self, chunks: impl Iterator<Item = Chunk>) {
+        let alloc = self.table.allocator();
+        for c in chunks {
+            alloc.dealloc_frames(c.hpa, c.size.bytes() / PAGE);
+        }
+    }
+
+    /// Adds a pass-through region with GPA == HPA (`MAP_IDENTICAL` of
+    /// existing host memory, `MAP_RESERVED`). The space does not own or free
+    /// the frames and does not access them from the host.
+    pub fn add_identical(&mut self, gpa: GuestPhysAddr, size: usize, flags: MappingFlags) -> AspaceResult<TlbFlush> {
+        self.add_passthrough(gpa.as_usize(), HostPhysAddr::from_usize(gpa.as_usize()), size, flags, Backing::Identical)
+    }
+
+    /// Adds a pass-through region mapping `gpa + x` to `hpa + x` (shared
+    /// memory); not owned.
+    pub fn add_linear(&mut self, gpa: GuestPhysAddr, hpa: HostPhysAddr, size: usize, flags: MappingFlags) -> AspaceResult<TlbFlush> {
+        self.add_passthrough(gpa.as_usize(), hpa, size, flags, Backing::Linear { hpa })
+    }
+
+    /// Adds device space: unmapped (`passthrough: None`), so accesses exit and
+    /// [`GuestAddrSpace::handle_fault`] reports them as MMIO; or mapped
+    /// read/write to a host device range with the device memory type.
+    pub fn add_mmio(&mut self, gpa: GuestPhysAddr, size: usize, passthrough: Option<HostPhysAddr>) -> AspaceResult<TlbFlush> {
+        let flags = MappingFlags::READ | MappingFlags::WRITE | MappingFlags::DEVICE;
+        match passthrough {
+            Some(hpa) => self.add_passthrough(gpa.as_usize(), hpa, size, flags, Backing::Mmio { passthrough }),
+            None => {
+                self.check_free(gpa.as_usize(), size)?;
+                self.insert(gpa.as_usize(), size, flags, Backing::Mmio { passthrough: None });
+                Ok(TlbFlush::none())
+            }
+        }
+    }
+
+    fn add_passthrough(&mut self, gpa: usize, hpa: HostPhysAddr, size: usize, flags: MappingFlags, backing: Backing) -> AspaceResult<TlbFlush> {
+        self.check_free(gpa, size)?;
+        let flush = self.table.map_region(gpa.into(), hpa, size, flags, MapPolicy::Huge)?;
+        self.insert(gpa, size, flags, backing);
+        Ok(flush)
+    }
+
+    /// Allocates `size` bytes of contiguous host memory and places it at
+    /// GPA == its HPA (AxVisor's `MAP_IDENTICAL`); the space owns it. The
+    /// frames are aligned to 2 MiB when `size` allows, for large leaves.
+    /// Returns the GPA chosen.
+    pub fn add_identical_alloc(&mut self, size: usize, flags: MappingFlags) -> AspaceResult<(GuestPhysAddr, TlbFlush)> {
+        if size == 0 {
+            return Err(AspaceError::ZeroSize);
+        }
+        if size % PAGE != 0 {
+            return Err(AspaceError::NotAligned { value: size, align: PAGE });
+        }
+        let align = if size >= PageSize::Size2M.bytes() { PageSize::Size2M.bytes() } else { PAGE };
+        let alloc = self.table.allocator();
+        let hpa = alloc.alloc_frames(size / PAGE, align).ok_or(AspaceError::NoMemory)?;
+        let free = |s: &Self| s.table.allocator().dealloc_frames(hpa, size / PAGE);
+        crate::memory::zero_bytes(alloc, hpa, size);
+        let gpa = hpa.as_usize();
+        if let Err(e) = self.check_free(gpa, size) {
+            free(self);
+            return Err(e);
+        }
+        let flush = match self.table.map_region(gpa.into(), hpa, size, flags, MapPolicy::Huge) {
+            Ok(f) => f,
+            Err(e) => {
+                free(self);
+                return Err(e.into());
+            }
+        };
+        // One allocation, freed as one when the region goes: no chunks.
+        self.insert(gpa, size, flags, Backing::AllocIdentical);
+        self.reverse.insert(gpa, (gpa, size));
+        Ok((GuestPhysAddr::from_usize(gpa), flush))
+    }
+
+    // ---- removing regions ----
+
+    /// Removes `[gpa, gpa + len)` from the regions covering it: unmaps it,
+    /// frees owned backing inside it, and splits a region the range cuts in
+    /// two. Every byte must be covered by regions. Owned regions can only be
+    /// cut at boundaries of their backing frames ([`AspaceError::CutsBacking`]).
+    pub fn remove_range(&mut self, gpa: GuestPhysAddr, len: usize) -> AspaceResult<TlbFlush> {
+        let start = gpa.as_usize();
+        if len == 0 {
+            return Err(AspaceError::ZeroSize);
+        }
+        for v in [start, len] {
+            if v % PAGE != 0 {
+                return Err(AspaceError::NotAligned { value: v, align: PAGE });
+            }
+        }
+        let end = start.checked_add(len).ok_or(AspaceError::OutsideWindow { gpa, len })?;
+        if !self.contains_range(gpa, len) {
+            let mut pos = start;
+            while let Some(r) = self.region_at(pos) {
+                pos = r.end();
+            }
+            return Err(AspaceError::NoRegion { gpa: pos.into() });
+        }
+        // Cuts must not split owned backing.
+        for edge in [start, end] {
+            if let Some(r) = self.region_at(edge) {
+                if r.backing == Backing::AllocIdentical && edge != r.start {
+                    return Err(AspaceError::CutsBacking { gpa: edge.into() });
+                }
+                if let Some((cs, _)) = r.chunk_at(edge) {
+                    if cs != edge {
+                        return Err(AspaceError::CutsBacking { gpa: edge.into() });
+                    }
+                }
+            }
+        }
+        // Unmap first (the only step that can fail: splitting huge leaves of
+        // pass-through regions needs frames).
+        let flush = match self.table.unmap_region(gpa, len) {
+            Ok(f) => f,
+            Err(NptError::NotMapped { .. }) => TlbFlush::none(),
+            Err(e) => return Err(e.into()),
+        };
+        // Then update the bookkeeping, which cannot fail.
+        let starts: Vec<usize> = self.regions.range(..end).filter(|(_, r)| r.end() > start).map(|(s, _)| *s).collect();
+        for s in starts {
+            let Some(mut region) = self.regions.remove(&s) else { continue };
+            let (lo, hi) = (start.max(region.start), end.min(region.end()));
+            if region.backing == Backing::AllocIdentical {
+                self.reverse.remove(&region.start);
+                self.table.allocator().dealloc_frames(region.start.into(), region.size / PAGE);
+                continue;
+            }
+            let inside: Vec<usize> = region.chunks.range(lo..hi).map(|(g, _)| *g).collect();
+            for g in inside {
+                if let Some(c) = region.chunks.remove(&g) {
+                    self.reverse.remove(&c.hpa.as_usize());
+                    self.free_chunks(core::iter::once(c));
+                }
+            }
+            if region.start < lo {
+                let mut left = region.clone();
+                left.size = lo - region.start;
+                left.chunks = region.chunks.range(..lo).map(|(g, c)| (*g, *c)).collect();
+                left.dirty = left.dirty.take().map(|mut d| {
+                    d.bitmap.truncate(left.size / PAGE / 64 + 1);
+                    d
+                });
+                self.regions.insert(left.start, left);
+            }
+            if hi < region.end() {
+                let mut right = region.clone();
+                right.start = hi;
+                right.size = region.end() - hi;
+                right.chunks = region.chunks.range(hi..).map(|(g, c)| (*g, *c)).collect();
+                if let Backing::Linear { hpa } = region.backing {
+                    right.backing = Backing::Linear { hpa: hpa + (hi - region.start) };
+                }
+                if let Backing::Mmio { passthrough: Some(hpa) } = region.backing {
+                    right.backing = Backing::Mmio { passthrough: Some(hpa + (hi - region.start)) };
+                }
+                right.dirty = region.dirty.as_ref().map(|_| crate::region::DirtyLog::new(right.size / PAGE));
+                self.regions.insert(right.start, right);
+            }
+        }
+        Ok(flush)
+    }
+
+    /// Removes every region, frees all owned backing, and leaves an empty
+    /// table.
+    pub fn clear(&mut self) -> AspaceResult<TlbFlush> {
+        let (start, end) = self.window;
+        let flush = match self.table.unmap_region(start.into(), end - start) {
+            Ok(f) => f,
+            Err(NptError::NotMapped { .. }) => TlbFlush::none(),
+            Err(e) => return Err(e.into()),
+        };
+        self.release_all();
+        Ok(flush)
+    }
+
+    fn release_all(&mut self) {
+        let regions = core::mem::take(&mut self.regions);
+        for region in regions.into_values() {
+            if region.backing == Backing::AllocIdentical {
+                self.table.allocator().dealloc_frames(region.start.into(), region.size / PAGE);
+            }
+            self.free_chunks(region.chunks.into_values());
+        }
+        self.reverse.clear();
+    }
+
+    // ---- translation ----
+
+    /// The host address `gpa` maps to, if mapped.
+    #[inline]
+    pub fn translate(&self, gpa: GuestPhysAddr) -> Option<HostPhysAddr> {
+        self.table.translate(gpa)
+    }
+
+    /// What `gpa` maps to, with the region kind.
+    pub fn query(&self, gpa: GuestPhysAddr) -> AspaceResult<GpaInfo> {
+        let region = self.region_at(gpa.as_usize()).ok_or(AspaceError::NoRegion { gpa })?;
+        let t = self.table.query(gpa)?;
+        Ok(GpaInfo { hpa: t.hpa, flags: t.flags, page_size: t.size, kind: region.backing.kind() })
+    }
+
+    /// The host pieces backing `[gpa, gpa + len)`, merged where contiguous.
+    /// Fails with [`AspaceError::NotRam`] at the first unmapped address.
+    pub fn translate_range(&self, gpa: GuestPhysAddr, len: usize) -> AspaceResult<Vec<HostChunk>> {
+        let mut out: Vec<HostChunk> = Vec::new();
+        let end = gpa.as_usize().checked_add(len).ok_or(AspaceError::OutsideWindow { gpa, len })?;
+        let mut pos = gpa.as_usize();
+        while pos < end {
+            let t = self.table.query(pos.into()).map_err(|_| AspaceError::NotRam { gpa: pos.into() })?;
+            let n = (t.size.bytes() - t.size.offset(pos)).min(end - pos);
+            match out.last_mut() {
+                Some(last) if last.hpa.as_usize() + last.len == t.hpa.as_usize() => last.len += n,
+                _ => out.push(HostChunk { gpa: pos.into(), hpa: t.hpa, len: n }),
+            }
+            pos += n;
+        }
+        Ok(out)
+    }
+
+    /// The guest address that maps host address `hpa`: owned backing first,
+    /// then pass-through regions.
+    pub fn hpa_to_gpa(&self, hpa: HostPhysAddr) -> Option<GuestPhysAddr> {
+        let h = hpa.as_usize();
+        if let Some((&start, &(gpa, len))) = self.reverse.range(..=h).next_back() {
+            if h < start + len {
+                let g = gpa + (h - start);
+                // Lazy or removed pages are not mapped.
+                return self.table.translate(g.into()).filter(|t| *t == hpa).map(|_| g.into());
+            }
+        }
+        self.regions.values().find_map(|r| {
+            let base = r.passthrough_hpa(r.start)?.as_usize();
+            (h >= base && h < base + r.size).then(|| GuestPhysAddr::from_usize(r.start + (h - base)))
+        })
+    }
+}
+
+impl<F: NptFormat, A: FrameAllocator> Drop for GuestAddrSpace<F, A> {
+    fn drop(&mut self) {
+        // Owned frames go back; the table frees its own frames after this.
+        self.release_all();
+    }
+}
