@@ -174,10 +174,16 @@ impl RegionConfig {
             return Err(ConfigError::ZeroSize);
         }
         if base % 0x1000 != 0 {
-            return Err(ConfigError::NotAligned { field: ConfigField::Base, value: base });
+            return Err(ConfigError::NotAligned {
+                field: ConfigField::Base,
+                value: base,
+            });
         }
         if size % 0x1000 != 0 {
-            return Err(ConfigError::NotAligned { field: ConfigField::Size, value: size });
+            return Err(ConfigError::NotAligned {
+                field: ConfigField::Size,
+                value: size,
+            });
         }
         let (Ok(base_us), Ok(size_us)) = (usize::try_from(base), usize::try_from(size)) else {
             return Err(ConfigError::Overflow { base, size });
@@ -187,9 +193,13 @@ impl RegionConfig {
         }
         let known = MappingFlags::all().bits() as u64;
         if flags & !known != 0 {
-            return Err(ConfigError::UnknownFlags { value: flags, unknown: flags & !known });
+            return Err(ConfigError::UnknownFlags {
+                value: flags,
+                unknown: flags & !known,
+            });
         }
-        let map_type = MapType::from_raw(map_type).ok_or(ConfigError::UnknownMapType { value: map_type })?;
+        let map_type =
+            MapType::from_raw(map_type).ok_or(ConfigError::UnknownMapType { value: map_type })?;
         Ok(Self {
             base: GuestPhysAddr::from_usize(base_us),
             size: size_us,
@@ -219,7 +229,10 @@ mod tests {
         let r = RegionConfig::from_raw(0x8000_0000, 0x1000_0000, 0x7, 1).unwrap();
         assert_eq!(r.base, GuestPhysAddr::from(0x8000_0000));
         assert_eq!(r.size, 0x1000_0000);
-        assert_eq!(r.flags, MappingFlags::READ | MappingFlags::WRITE | MappingFlags::EXECUTE);
+        assert_eq!(
+            r.flags,
+            MappingFlags::READ | MappingFlags::WRITE | MappingFlags::EXECUTE
+        );
         assert_eq!(r.map_type, MapType::Identical);
         assert_eq!(r.range().end, GuestPhysAddr::from(0x9000_0000));
         assert_eq!(r.last(), GuestPhysAddr::from(0x8fff_ffff));
@@ -227,25 +240,57 @@ mod tests {
 
     #[test]
     fn every_map_type_value() {
-        let kinds = [MapType::Alloc, MapType::Identical, MapType::Reserved, MapType::Mmio, MapType::Rom];
+        let kinds = [
+            MapType::Alloc,
+            MapType::Identical,
+            MapType::Reserved,
+            MapType::Mmio,
+            MapType::Rom,
+        ];
         for (raw, kind) in kinds.into_iter().enumerate() {
-            assert_eq!(RegionConfig::from_raw(0, 0x1000, 1, raw as u64).unwrap().map_type, kind);
+            assert_eq!(
+                RegionConfig::from_raw(0, 0x1000, 1, raw as u64)
+                    .unwrap()
+                    .map_type,
+                kind
+            );
             assert_eq!(kind.raw(), raw as u64);
         }
     }
 
     #[test]
     fn rejects_each_bad_field() {
-        assert_eq!(RegionConfig::from_raw(0, 0, 7, 0), Err(ConfigError::ZeroSize));
+        assert_eq!(
+            RegionConfig::from_raw(0, 0, 7, 0),
+            Err(ConfigError::ZeroSize)
+        );
         let e = RegionConfig::from_raw(0x1234, 0x1000, 7, 0).unwrap_err();
-        assert_eq!(e, ConfigError::NotAligned { field: ConfigField::Base, value: 0x1234 });
+        assert_eq!(
+            e,
+            ConfigError::NotAligned {
+                field: ConfigField::Base,
+                value: 0x1234
+            }
+        );
         assert_eq!(e.field(), ConfigField::Base);
         let e = RegionConfig::from_raw(0x1000, 0x1800, 7, 0).unwrap_err();
-        assert_eq!(e, ConfigError::NotAligned { field: ConfigField::Size, value: 0x1800 });
+        assert_eq!(
+            e,
+            ConfigError::NotAligned {
+                field: ConfigField::Size,
+                value: 0x1800
+            }
+        );
         let e = RegionConfig::from_raw(0xffff_ffff_ffff_f000, 0x2000, 7, 0).unwrap_err();
         assert!(matches!(e, ConfigError::Overflow { .. }));
         let e = RegionConfig::from_raw(0, 0x1000, 0x47, 0).unwrap_err();
-        assert_eq!(e, ConfigError::UnknownFlags { value: 0x47, unknown: 0x40 });
+        assert_eq!(
+            e,
+            ConfigError::UnknownFlags {
+                value: 0x47,
+                unknown: 0x40
+            }
+        );
         let e = RegionConfig::from_raw(0, 0x1000, 7, 5).unwrap_err();
         assert_eq!(e, ConfigError::UnknownMapType { value: 5 });
         assert_eq!(e.field(), ConfigField::MapType);
@@ -253,9 +298,13 @@ mod tests {
 
     #[test]
     fn errors_name_field_and_value() {
-        let msg = RegionConfig::from_raw(0x1234, 0x1000, 7, 0).unwrap_err().to_string();
+        let msg = RegionConfig::from_raw(0x1234, 0x1000, 7, 0)
+            .unwrap_err()
+            .to_string();
         assert!(msg.starts_with("base_paddr: 0x1234"), "{msg}");
-        let msg = RegionConfig::from_raw(0, 0x1000, 7, 9).unwrap_err().to_string();
+        let msg = RegionConfig::from_raw(0, 0x1000, 7, 9)
+            .unwrap_err()
+            .to_string();
         assert!(msg.starts_with("map_type: 9"), "{msg}");
     }
 }

@@ -67,15 +67,25 @@ mod tests {
 
     #[test]
     fn flags_pick_the_memory_type() {
-        assert_eq!(MemoryType::from_flags(MappingFlags::READ), MemoryType::WriteBack);
+        assert_eq!(
+            MemoryType::from_flags(MappingFlags::READ),
+            MemoryType::WriteBack
+        );
         let dev = MappingFlags::READ | MappingFlags::DEVICE | MappingFlags::UNCACHED;
         assert_eq!(MemoryType::from_flags(dev), MemoryType::Device);
-        assert_eq!(MemoryType::from_flags(MappingFlags::UNCACHED), MemoryType::Uncached);
+        assert_eq!(
+            MemoryType::from_flags(MappingFlags::UNCACHED),
+            MemoryType::Uncached
+        );
     }
 
     #[test]
     fn to_flags_round_trips_the_generic_types() {
-        for t in [MemoryType::WriteBack, MemoryType::Uncached, MemoryType::Device] {
+        for t in [
+            MemoryType::WriteBack,
+            MemoryType::Uncached,
+            MemoryType::Device,
+        ] {
             assert_eq!(MemoryType::from_flags(t.to_flags()), t);
         }
     }

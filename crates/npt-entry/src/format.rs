@@ -61,10 +61,17 @@ impl fmt::Display for EntryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::Misaligned { hpa, size } => {
-                write!(f, "host address {hpa:#x} is not aligned to {:#x}", size.bytes())
+                write!(
+                    f,
+                    "host address {hpa:#x} is not aligned to {:#x}",
+                    size.bytes()
+                )
             }
             Self::AddressTooWide { hpa, pa_bits } => {
-                write!(f, "host address {hpa:#x} exceeds the {pa_bits}-bit physical address width")
+                write!(
+                    f,
+                    "host address {hpa:#x} exceeds the {pa_bits}-bit physical address width"
+                )
             }
             Self::BadFlags(flags) => {
                 write!(f, "flags {flags:?} give no access or write without read")
@@ -84,7 +91,9 @@ impl From<EntryError> for axerrno::AxErrorKind {
 /// Checks the flag rules shared by every format: some access, and no write
 /// without read.
 pub const fn check_flags(flags: MappingFlags) -> Result<(), EntryError> {
-    let rwx = MappingFlags::READ.union(MappingFlags::WRITE).union(MappingFlags::EXECUTE);
+    let rwx = MappingFlags::READ
+        .union(MappingFlags::WRITE)
+        .union(MappingFlags::EXECUTE);
     if !flags.intersects(rwx)
         || (flags.contains(MappingFlags::WRITE) && !flags.contains(MappingFlags::READ))
     {
@@ -237,7 +246,11 @@ pub trait NptFormat: Sized + Send + Sync + 'static {
     /// Entries in a table at `level`.
     #[inline(always)]
     fn entries(level: usize) -> usize {
-        if level == 0 { Self::ROOT_ENTRIES } else { ENTRIES_PER_TABLE }
+        if level == 0 {
+            Self::ROOT_ENTRIES
+        } else {
+            ENTRIES_PER_TABLE
+        }
     }
 
     /// The index of `gpa` in the table at `level`.
@@ -251,7 +264,11 @@ pub trait NptFormat: Sized + Send + Sync + 'static {
     #[inline(always)]
     fn leaf_size(level: usize) -> Option<PageSize> {
         let size = PageSize::from_height(Self::LEVELS - 1 - level)?;
-        if size <= Self::MAX_LEAF { Some(size) } else { None }
+        if size <= Self::MAX_LEAF {
+            Some(size)
+        } else {
+            None
+        }
     }
 
     /// The level at which a leaf of `size` sits, if the format allows one.

@@ -370,15 +370,19 @@ impl NestedEntry for NptEntry {
     /// Re-encodes a 4 KiB PTE as a large leaf (`huge`) or a large leaf as a
     /// 4 KiB PTE (`!huge`), keeping every attribute (P, R/W, U/S, PWT, PCD,
     /// A, D, G, NX, the available bits) and moving the PAT bit between bit 7
-    /// (PTE) and bit 12 (large leaf).
+    /// (PTE) and bit 12 (large leaf). An entry already in the target
+    /// encoding (PS equal to `huge`, e.g. a 1 GiB leaf split into 2 MiB
+    /// ones) comes back unchanged.
     ///
-    /// Bit 7 is PS in one encoding and PAT in the other, so the entry cannot
-    /// tell which it is in: `huge` says the target, and the entry is taken to
-    /// be in the other encoding, as when the walker splits or collapses.
-    /// Becoming huge clears address bits 20:12 (PAT and reserved bits in a
-    /// large leaf), so pass the first small leaf of an aligned run.
+    /// Bit 7 is PS in one encoding and PAT in the other, and PS decides: a
+    /// 4 KiB PTE with its PAT bit set reads as already huge. This crate
+    /// never sets that bit. Becoming huge clears address bits 20:12 (PAT and
+    /// reserved bits in a large leaf), so pass the first small leaf of an
+    /// aligned run.
     fn with_huge(self, huge: bool) -> Self {
-        if huge {
+        if huge == self.is_huge() {
+            self
+        } else if huge {
             let pat = self.0 & Self::PAT_4K != 0;
             let mut bits = (self.0 & !(OFFSET_2M & ADDR_MASK)) | Self::PAGE_SIZE;
             if pat {
@@ -673,17 +677,24 @@ mod tests {
 
     #[test]
     fn huge_conversion_moves_pat_and_keeps_bits() {
-        // WT 4 KiB leaf with PAT (bit 7), A, D, G and NX.
-        let small = NptEntry::from_raw(0x8000_0000_4020_01ef);
+        // WT 4 KiB leaf with A, D, G and NX.
+        let small = NptEntry::from_raw(0x8000_0000_4020_016f);
         let huge = small.with_huge(true);
-        assert_eq!(huge.raw(), 0x8000_0000_4020_11ef);
+        assert_eq!(huge.raw(), 0x8000_0000_4020_01ef);
         assert_eq!(huge.paddr(), pa(0x4020_0000));
         assert_eq!(huge.with_huge(false), small);
+        // Already in the target encoding: unchanged (1 GiB -> 2 MiB split).
+        assert_eq!(huge.with_huge(true), huge);
+        assert_eq!(small.with_huge(false), small);
+        // The PAT bit moves between bit 12 (large leaf) and bit 7 (PTE).
+        let pat_huge = NptEntry::from_raw(0x8000_0000_4020_11ef);
+        assert_eq!(pat_huge.paddr(), pa(0x4020_0000));
+        assert_eq!(pat_huge.with_huge(false).raw(), 0x8000_0000_4020_01ef);
         // Address bits 20:12 are PAT and reserved in a large leaf.
         let e = NptEntry::new_page(pa(0x4020_1000), RWX, false);
         assert_eq!(e.with_huge(true).raw(), 0x4020_0087);
         let ro = huge.write_protected(true);
-        assert_eq!(ro.raw(), 0x8000_0000_4020_11ed);
+        assert_eq!(ro.raw(), 0x8000_0000_4020_01ed);
         assert_eq!(ro.flags(), R);
     }
 

@@ -275,6 +275,8 @@ proptest! {
         prop_assert_eq!(huge.memory_type(), small.memory_type());
         prop_assert_eq!(huge.raw() & extras, extras);
         prop_assert_eq!(huge.with_huge(false), small);
+        prop_assert_eq!(huge.with_huge(true), huge);
+        prop_assert_eq!(small.with_huge(false), small);
         for (e, is_huge) in [(small, false), (huge, true)] {
             let ro = e.write_protected(is_huge);
             prop_assert_eq!(ro.raw(), e.raw() & !EptEntry::WRITE);

@@ -3,9 +3,9 @@
 use gpa_types::{GuestPhysAddr, MappingFlags, PageSize};
 use npt_entry::{ENTRIES_PER_TABLE, EntryKind, GenericPTE, NestedEntry, NptFormat};
 
-use crate::frames::FrameAllocator;
 use crate::error::{NptError, NptResult};
 use crate::flush::TlbFlush;
+use crate::frames::FrameAllocator;
 use crate::raw::TableRef;
 use crate::table::NestedPageTable;
 
@@ -47,11 +47,18 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         let entry = table.get(idx);
         let child = match entry.kind(false) {
             EntryKind::Empty => return Err(NptError::NotMapped { gpa }),
-            EntryKind::Leaf => return Ok(Collapsed { freed_tables: 0, flush: TlbFlush::none() }),
+            EntryKind::Leaf => {
+                return Ok(Collapsed {
+                    freed_tables: 0,
+                    flush: TlbFlush::none(),
+                });
+            }
             EntryKind::Table => self.child(entry),
         };
         // The first 4 KiB translation fixes the host base and the flags.
-        let (first, first_level) = self.first_leaf(child, target + 1).ok_or(NptError::NotCollapsible { gpa })?;
+        let (first, first_level) = self
+            .first_leaf(child, target + 1)
+            .ok_or(NptError::NotCollapsible { gpa })?;
         let base: usize = first.paddr().into();
         if !size.is_aligned(base) {
             return Err(NptError::NotCollapsible { gpa });
@@ -69,7 +76,10 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         self.count_leaves(size, 1, true);
         let mut flush = TlbFlush::none();
         flush.add(addr, size.bytes());
-        Ok(Collapsed { freed_tables: freed, flush })
+        Ok(Collapsed {
+            freed_tables: freed,
+            flush,
+        })
     }
 
     /// The first leaf below `table` and its level.
@@ -97,7 +107,9 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         for i in 0..ENTRIES_PER_TABLE {
             let gpa = table_gpa + i * span;
             let entry = table.get(i);
-            let bad = NptError::NotCollapsible { gpa: GuestPhysAddr::from_usize(gpa) };
+            let bad = NptError::NotCollapsible {
+                gpa: GuestPhysAddr::from_usize(gpa),
+            };
             match entry.kind(last) {
                 EntryKind::Empty => return Err(bad),
                 EntryKind::Leaf => {
@@ -106,7 +118,9 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                         return Err(bad);
                     }
                 }
-                EntryKind::Table => self.check_uniform(self.child(entry), level + 1, gpa, base + i * span, flags)?,
+                EntryKind::Table => {
+                    self.check_uniform(self.child(entry), level + 1, gpa, base + i * span, flags)?
+                }
             }
         }
         Ok(())

@@ -6,11 +6,20 @@ use npt_entry::{EntryKind, GenericPTE, NestedEntry, NptFormat};
 use crate::error::{NptError, NptResult};
 use crate::frames::FrameAllocator;
 use crate::raw::TableRef;
-use crate::table::{MAX_LEVELS, NestedPageTable, Translation};
+use crate::table::{NestedPageTable, Translation};
 
-/// Lookups that reuse the previous walk: a query whose GPA lies under the
-/// same tables as the last one starts from the deepest shared table instead
-/// of the root.
+/// One step of a walk.
+enum Step<E> {
+    /// The walk ended: the leaf and its level, or nothing mapped.
+    Done(Option<(E, usize)>),
+    /// Go on in this table.
+    Next(TableRef<E>),
+}
+
+/// Lookups that reuse the previous walk: a cursor remembers the last table
+/// it passed one level above the leaf tables (the table covering 1 GiB on a
+/// 4-level format), and a query whose GPA lies under it starts there instead
+/// of at the root.
 ///
 /// ```
 /// # use npt_table::{HostFrameAllocator, MapPolicy, NestedPageTable};
@@ -27,84 +36,122 @@ use crate::table::{MAX_LEVELS, NestedPageTable, Translation};
 /// ```
 pub struct Cursor<'t, F: NptFormat, A: FrameAllocator> {
     table: &'t NestedPageTable<F, A>,
-    /// For each level: the GPA the cached table starts at, and the table.
-    path: [(usize, Option<TableRef<F::Entry>>); MAX_LEVELS],
+    /// The cached table one level above the last (the directory of leaf
+    /// tables) and the GPA it starts at; `usize::MAX` when none.
+    dir_base: usize,
+    dir: TableRef<F::Entry>,
 }
 
 impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// A read-only cursor over the table.
     pub fn cursor(&self) -> Cursor<'_, F, A> {
-        let mut path = [(usize::MAX, None); MAX_LEVELS];
-        path[0] = (0, Some(self.root_table()));
-        Cursor { table: self, path }
+        Cursor {
+            table: self,
+            dir_base: usize::MAX,
+            dir: self.root_table(),
+        }
     }
 
     /// Translates many GPAs at once: `out[i]` receives the HPA of `gpas[i]`
-    /// (or `None`). The walks of a group advance level by level together so
-    /// that their cache misses overlap. Extra elements of the longer slice
-    /// are left alone.
+    /// (or `None`). The walks start from the deepest table a
+    /// [`Cursor`] has cached for their address and advance level by level
+    /// in groups, so that their cache misses overlap. Extra elements of the
+    /// longer slice are left alone.
     pub fn translate_batch(&self, gpas: &[GuestPhysAddr], out: &mut [Option<HostPhysAddr>]) {
-        const GROUP: usize = 8;
-        for (gpas, out) in gpas.chunks(GROUP).zip(out.chunks_mut(GROUP)) {
-            let n = gpas.len().min(out.len());
-            let mut tables = [self.root_table(); GROUP];
-            let mut live = [false; GROUP];
-            for k in 0..n {
-                let addr = gpas[k].as_usize();
-                live[k] = (addr as u64) < F::GPA_LIMIT;
-                out[k] = None;
-            }
-            for level in 0..F::LEVELS {
-                let last = level == F::LEVELS - 1;
-                for k in 0..n {
-                    if !live[k] {
-                        continue;
-                    }
-                    let addr = gpas[k].as_usize();
-                    let entry = tables[k].get(F::index(addr, level));
-                    match entry.kind(last) {
-                        EntryKind::Table => tables[k] = self.child(entry),
-                        EntryKind::Leaf => {
-                            live[k] = false;
-                            if let Some(size) = F::leaf_size(level) {
-                                let base: usize = entry.paddr().into();
-                                out[k] = Some(HostPhysAddr::from_usize(base + size.offset(addr)));
-                            }
-                        }
-                        EntryKind::Empty => live[k] = false,
-                    }
-                }
-            }
-        }
+        self.cursor().translate_batch(gpas, out)
     }
 }
 
 impl<F: NptFormat, A: FrameAllocator> Cursor<'_, F, A> {
-    /// The leaf entry mapping `addr` and its level, walking from the deepest
-    /// cached table that covers it.
-    #[inline]
+    /// Level of the directory of leaf tables.
+    const DIR: usize = F::LEVELS - 2;
+    /// Bytes one directory table covers.
+    /// (Its entries map 2 MiB each, whatever the format.)
+    const DIR_SPAN: usize = 1 << 30;
+
+    /// The table to start a walk for `addr` at, and its level: the cached
+    /// directory when it covers `addr`, else the root.
+    #[inline(always)]
+    fn start(&self, addr: usize) -> (TableRef<F::Entry>, usize) {
+        if Self::DIR > 0 && addr & !(Self::DIR_SPAN - 1) == self.dir_base {
+            (self.dir, Self::DIR)
+        } else {
+            (self.table.root_table(), 0)
+        }
+    }
+
+    /// One step of a walk: the entry of `addr` in `table` at `level`; caches
+    /// the directory when the walk passes it.
+    #[inline(always)]
+    fn step(&mut self, addr: usize, level: usize, table: TableRef<F::Entry>) -> Step<F::Entry> {
+        let entry = table.get(F::index(addr, level));
+        match entry.kind(level == F::LEVELS - 1) {
+            EntryKind::Empty => Step::Done(None),
+            EntryKind::Leaf => Step::Done(Some((entry, level))),
+            EntryKind::Table => {
+                let child = self.table.child(entry);
+                if level + 1 == Self::DIR {
+                    self.dir = child;
+                    self.dir_base = addr & !(Self::DIR_SPAN - 1);
+                }
+                Step::Next(child)
+            }
+        }
+    }
+
+    /// The leaf entry mapping `addr` and its level.
+    #[inline(always)]
     fn lookup(&mut self, addr: usize) -> Option<(F::Entry, usize)> {
-        let mut level = F::LEVELS - 1;
-        while level > 0 {
-            let span = 1usize << F::shift(level - 1);
-            if let (base, Some(_)) = self.path[level] {
-                if base == addr & !(span - 1) {
-                    break;
+        let (mut table, mut level) = self.start(addr);
+        loop {
+            match self.step(addr, level, table) {
+                Step::Done(found) => return found,
+                Step::Next(child) => {
+                    table = child;
+                    level += 1;
                 }
             }
-            level -= 1;
         }
-        let mut table = self.path[level].1?;
-        loop {
-            let entry = table.get(F::index(addr, level));
-            match entry.kind(level == F::LEVELS - 1) {
-                EntryKind::Empty => return None,
-                EntryKind::Leaf => return Some((entry, level)),
-                EntryKind::Table => {
-                    table = self.table.child(entry);
-                    level += 1;
-                    let span = 1usize << F::shift(level - 1);
-                    self.path[level] = (addr & !(span - 1), Some(table));
+    }
+
+    /// [`NestedPageTable::translate_batch`] through this cursor.
+    pub fn translate_batch(&mut self, gpas: &[GuestPhysAddr], out: &mut [Option<HostPhysAddr>]) {
+        const GROUP: usize = 8;
+        for (gpas, out) in gpas.chunks(GROUP).zip(out.chunks_mut(GROUP)) {
+            let mut lanes = [(0usize, 0usize, self.dir); GROUP];
+            let mut lowest = F::LEVELS;
+            for ((lane, gpa), o) in lanes.iter_mut().zip(gpas).zip(out.iter_mut()) {
+                *o = None;
+                let addr = gpa.as_usize();
+                if (addr as u64) < F::GPA_LIMIT {
+                    let (table, level) = self.start(addr);
+                    *lane = (addr, level, table);
+                    lowest = lowest.min(level);
+                } else {
+                    lane.1 = usize::MAX;
+                }
+            }
+            // Lanes at the same level take their step together, so their
+            // loads overlap.
+            for level in lowest..F::LEVELS {
+                for (lane, o) in lanes.iter_mut().zip(out.iter_mut()) {
+                    if lane.1 != level {
+                        continue;
+                    }
+                    match self.step(lane.0, level, lane.2) {
+                        Step::Done(found) => {
+                            lane.1 = usize::MAX;
+                            *o = found.and_then(|(entry, level)| {
+                                let size = F::leaf_size(level)?;
+                                let base: usize = entry.paddr().into();
+                                Some(HostPhysAddr::from_usize(base + size.offset(lane.0)))
+                            });
+                        }
+                        Step::Next(child) => {
+                            lane.1 = level + 1;
+                            lane.2 = child;
+                        }
+                    }
                 }
             }
         }
@@ -115,12 +162,19 @@ impl<F: NptFormat, A: FrameAllocator> Cursor<'_, F, A> {
     pub fn query(&mut self, gpa: GuestPhysAddr) -> NptResult<Translation> {
         let addr = gpa.as_usize();
         if addr as u64 >= F::GPA_LIMIT {
-            return Err(NptError::GpaOutOfRange { gpa: addr, gpa_bits: F::GPA_BITS });
+            return Err(NptError::GpaOutOfRange {
+                gpa: addr,
+                gpa_bits: F::GPA_BITS,
+            });
         }
         let (entry, level) = self.lookup(addr).ok_or(NptError::NotMapped { gpa })?;
         let size: PageSize = F::leaf_size(level).ok_or(NptError::NotMapped { gpa })?;
         let base: usize = entry.paddr().into();
-        Ok(Translation { hpa: HostPhysAddr::from_usize(base + size.offset(addr)), flags: entry.flags(), size })
+        Ok(Translation {
+            hpa: HostPhysAddr::from_usize(base + size.offset(addr)),
+            flags: entry.flags(),
+            size,
+        })
     }
 
     /// The host address `gpa` maps to, if any.

@@ -81,10 +81,14 @@ pub enum NptError {
 impl From<EntryError> for NptError {
     fn from(e: EntryError) -> Self {
         match e {
-            EntryError::Misaligned { hpa, size } => Self::HpaNotAligned { hpa, align: size.bytes() },
-            EntryError::AddressTooWide { hpa, pa_bits } => {
-                Self::HpaOutOfRange { hpa: hpa.as_usize(), pa_bits }
-            }
+            EntryError::Misaligned { hpa, size } => Self::HpaNotAligned {
+                hpa,
+                align: size.bytes(),
+            },
+            EntryError::AddressTooWide { hpa, pa_bits } => Self::HpaOutOfRange {
+                hpa: hpa.as_usize(),
+                pa_bits,
+            },
             EntryError::BadFlags(flags) => Self::BadFlags(flags),
         }
     }
@@ -95,22 +99,38 @@ impl fmt::Display for NptError {
         match *self {
             Self::ZeroLength => write!(f, "the length is zero"),
             Self::GpaNotAligned { value, align } => {
-                write!(f, "guest address or length {value:#x} is not aligned to {align:#x}")
+                write!(
+                    f,
+                    "guest address or length {value:#x} is not aligned to {align:#x}"
+                )
             }
             Self::HpaNotAligned { hpa, align } => {
-                write!(f, "host address {:#x} is not aligned to {align:#x}", hpa.as_usize())
+                write!(
+                    f,
+                    "host address {:#x} is not aligned to {align:#x}",
+                    hpa.as_usize()
+                )
             }
             Self::GpaOutOfRange { gpa, gpa_bits } => write!(
                 f,
                 "guest address {gpa:#x} is outside the {gpa_bits}-bit guest-physical space"
             ),
             Self::HpaOutOfRange { hpa, pa_bits } => {
-                write!(f, "host address {hpa:#x} is outside the {pa_bits}-bit physical space")
+                write!(
+                    f,
+                    "host address {hpa:#x} is outside the {pa_bits}-bit physical space"
+                )
             }
             Self::UnsupportedPageSize(size) => {
-                write!(f, "{:#x}-byte leaves are not supported by this format", size.bytes())
+                write!(
+                    f,
+                    "{:#x}-byte leaves are not supported by this format",
+                    size.bytes()
+                )
             }
-            Self::BadFlags(flags) => write!(f, "flags {flags:?} give no access or write without read"),
+            Self::BadFlags(flags) => {
+                write!(f, "flags {flags:?} give no access or write without read")
+            }
             Self::AlreadyMapped { gpa } => write!(f, "{:#x} is already mapped", gpa.as_usize()),
             Self::NotMapped { gpa } => write!(f, "{:#x} is not mapped", gpa.as_usize()),
             Self::SizeMismatch { gpa, mapped } => write!(
@@ -125,7 +145,10 @@ impl fmt::Display for NptError {
                 gpa.as_usize()
             ),
             Self::FrameCount { expected, given } => {
-                write!(f, "the range needs {expected} frames but {given} were given")
+                write!(
+                    f,
+                    "the range needs {expected} frames but {given} were given"
+                )
             }
             Self::NoMemory => write!(f, "out of frames for page tables"),
         }

@@ -21,6 +21,8 @@ pub const FLUSH_RANGES: usize = 8;
 pub struct TlbFlush {
     ranges: [(usize, usize); FLUSH_RANGES],
     len: usize,
+    /// Bytes the ranges cover.
+    total: usize,
     all: bool,
 }
 
@@ -37,15 +39,26 @@ impl TlbFlush {
 
     /// Nothing to flush.
     pub const fn none() -> Self {
-        Self { ranges: [(0, 0); FLUSH_RANGES], len: 0, all: false }
+        Self {
+            ranges: [(0, 0); FLUSH_RANGES],
+            len: 0,
+            total: 0,
+            all: false,
+        }
     }
 
     /// Everything must be flushed.
     pub const fn all() -> Self {
-        Self { ranges: [(0, 0); FLUSH_RANGES], len: 0, all: true }
+        Self {
+            ranges: [(0, 0); FLUSH_RANGES],
+            len: 0,
+            total: 0,
+            all: true,
+        }
     }
 
     /// Adds the `size` bytes at `gpa`.
+    #[inline]
     pub fn add(&mut self, gpa: usize, size: usize) {
         if self.all || size == 0 {
             return;
@@ -53,27 +66,51 @@ impl TlbFlush {
         let end = gpa.saturating_add(size);
         // Merge with the most recent range first: range operations add in
         // ascending order, so this is the common case.
-        for r in self.ranges[..self.len].iter_mut().rev() {
+        let mut merged = None;
+        for (i, r) in self.ranges[..self.len].iter_mut().enumerate().rev() {
             if gpa <= r.1 && r.0 <= end {
+                let before = r.1 - r.0;
                 r.0 = r.0.min(gpa);
                 r.1 = r.1.max(end);
-                self.check_threshold();
-                return;
+                self.total += (r.1 - r.0) - before;
+                merged = Some(i);
+                break;
             }
         }
-        if self.len == FLUSH_RANGES {
-            self.all = true;
-            return;
+        match merged {
+            // The grown range may now touch others: fold them in.
+            Some(i) => self.coalesce(i),
+            None if self.len == FLUSH_RANGES => self.all = true,
+            None => {
+                self.ranges[self.len] = (gpa, end);
+                self.len += 1;
+                self.total += end - gpa;
+            }
         }
-        self.ranges[self.len] = (gpa, end);
-        self.len += 1;
-        self.check_threshold();
+        if self.total > Self::FULL_THRESHOLD {
+            self.all = true;
+        }
     }
 
-    fn check_threshold(&mut self) {
-        let total: usize = self.ranges[..self.len].iter().map(|r| r.1 - r.0).sum();
-        if total > Self::FULL_THRESHOLD {
-            self.all = true;
+    /// Folds every range that touches range `i` into it.
+    fn coalesce(&mut self, i: usize) {
+        let mut j = 0;
+        while j < self.len {
+            let (a, b) = (self.ranges[i], self.ranges[j]);
+            if j != i && b.0 <= a.1 && a.0 <= b.1 {
+                let union = (a.0.min(b.0), a.1.max(b.1));
+                self.total = self.total - (a.1 - a.0) - (b.1 - b.0) + (union.1 - union.0);
+                self.ranges[i] = union;
+                self.len -= 1;
+                self.ranges[j] = self.ranges[self.len];
+                if i == self.len {
+                    // Range `i` was the last one and moved to `j`.
+                    return self.coalesce(j);
+                }
+                j = 0;
+                continue;
+            }
+            j += 1;
         }
     }
 
@@ -146,6 +183,18 @@ mod tests {
         let mut f = TlbFlush::none();
         f.add(0, TlbFlush::FULL_THRESHOLD + 0x1000);
         assert!(f.is_all());
+    }
+
+    #[test]
+    fn a_range_bridging_two_merges_all_three() {
+        let mut f = TlbFlush::none();
+        f.add(0, 0x1000);
+        f.add(0x3000, 0x1000);
+        f.add(0x1000, 0x2000);
+        let r: Vec<_> = f.ranges().collect();
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].start.as_usize(), r[0].end.as_usize()), (0, 0x4000));
+        assert_eq!(f.total, 0x4000);
     }
 
     #[test]

@@ -43,7 +43,8 @@ impl HostFrameAllocator {
     pub fn owns(&self, hpa: HostPhysAddr) -> bool {
         let map = self.allocations.lock().unwrap_or_else(|e| e.into_inner());
         let a = hpa.as_usize();
-        map.iter().any(|(&start, &(count, _))| a >= start && a < start + count * FRAME_SIZE)
+        map.iter()
+            .any(|(&start, &(count, _))| a >= start && a < start + count * FRAME_SIZE)
     }
 }
 
@@ -56,21 +57,29 @@ unsafe impl FrameAllocator for HostFrameAllocator {
         if count == 0 {
             return None;
         }
-        let layout = Layout::from_size_align(count.checked_mul(FRAME_SIZE)?, align.max(FRAME_SIZE)).ok()?;
+        let layout =
+            Layout::from_size_align(count.checked_mul(FRAME_SIZE)?, align.max(FRAME_SIZE)).ok()?;
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { alloc_zeroed(layout) };
         if ptr.is_null() {
             return None;
         }
         let addr = ptr.expose_provenance();
-        self.allocations.lock().unwrap_or_else(|e| e.into_inner()).insert(addr, (count, layout));
+        self.allocations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, (count, layout));
         self.live.fetch_add(count, Ordering::Relaxed);
         self.total.fetch_add(count, Ordering::Relaxed);
         Some(HostPhysAddr::from_usize(addr))
     }
 
     fn dealloc_frames(&self, hpa: HostPhysAddr, count: usize) {
-        let entry = self.allocations.lock().unwrap_or_else(|e| e.into_inner()).remove(&hpa.as_usize());
+        let entry = self
+            .allocations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&hpa.as_usize());
         match entry {
             Some((n, layout)) if n == count => {
                 self.live.fetch_sub(count, Ordering::Relaxed);
@@ -100,7 +109,11 @@ pub struct FailingAllocator<A> {
 impl<A: FrameAllocator> FailingAllocator<A> {
     /// Never fails until [`FailingAllocator::fail_from`] is called.
     pub fn new(inner: A) -> Self {
-        Self { inner, fail_at: AtomicUsize::new(usize::MAX), attempts: AtomicUsize::new(0) }
+        Self {
+            inner,
+            fail_at: AtomicUsize::new(usize::MAX),
+            attempts: AtomicUsize::new(0),
+        }
     }
 
     /// From now on, the `n`-th attempt counted from this call (1-based) and

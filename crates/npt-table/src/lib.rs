@@ -60,11 +60,11 @@ mod range;
 mod raw;
 mod table;
 
-pub use frames::{FRAME_SIZE, FrameAllocator, HandlerAllocator};
 pub use collapse::Collapsed;
 pub use cursor::Cursor;
 pub use error::{NptError, NptResult};
 pub use flush::{FLUSH_RANGES, TlbFlush};
+pub use frames::{FRAME_SIZE, FrameAllocator, HandlerAllocator};
 #[cfg(feature = "std")]
 pub use host::{FailingAllocator, HostFrameAllocator};
 pub use range::{AccessBit, MappedRun};

@@ -8,9 +8,9 @@
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
 use npt_entry::{EntryKind, GenericPTE, NestedEntry, NptFormat};
 
-use crate::frames::FrameAllocator;
 use crate::error::{NptError, NptResult};
 use crate::flush::TlbFlush;
+use crate::frames::FrameAllocator;
 use crate::raw::TableRef;
 use crate::table::{MAX_LEVELS, MapPolicy, NestedPageTable, Stash};
 
@@ -83,8 +83,16 @@ impl<F: NptFormat> Iterator for Runs<'_, F> {
         };
         let level = F::level_of(size)?;
         let idx = F::index(self.gpa, level);
-        let count = (F::entries(level) - idx).min(remaining / size.bytes()).min(limit);
-        let run = Run { gpa: self.gpa, level, size, count, src: self.src };
+        let count = (F::entries(level) - idx)
+            .min(remaining / size.bytes())
+            .min(limit);
+        let run = Run {
+            gpa: self.gpa,
+            level,
+            size,
+            count,
+            src: self.src,
+        };
         let bytes = count * size.bytes();
         self.gpa += bytes;
         self.src += match self.source {
@@ -123,16 +131,27 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         frames: &[HostPhysAddr],
         flags: MappingFlags,
     ) -> NptResult<TlbFlush> {
-        let len = frames.len().checked_mul(PageSize::Size4K.bytes()).ok_or(NptError::GpaOutOfRange {
-            gpa: usize::MAX,
-            gpa_bits: F::GPA_BITS,
-        })?;
+        let len =
+            frames
+                .len()
+                .checked_mul(PageSize::Size4K.bytes())
+                .ok_or(NptError::GpaOutOfRange {
+                    gpa: usize::MAX,
+                    gpa_bits: F::GPA_BITS,
+                })?;
         let end = Self::check_gpa_range(gpa, len, PageSize::Size4K.bytes())?;
         npt_entry::check_flags(flags)?;
         for &frame in frames {
             self.check_hpa_range(frame, PageSize::Size4K.bytes(), PageSize::Size4K.bytes())?;
         }
-        self.map_checked(gpa.as_usize(), end, Source::Frames(frames), flags, PageSize::Size4K, true)
+        self.map_checked(
+            gpa.as_usize(),
+            end,
+            Source::Frames(frames),
+            flags,
+            PageSize::Size4K,
+            true,
+        )
     }
 
     /// Maps host chunks back to back from `gpa`: chunk `i` of `size` bytes
@@ -160,7 +179,14 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         if pos == gpa.as_usize() {
             return Err(NptError::ZeroLength);
         }
-        self.map_checked(gpa.as_usize(), pos, Source::Chunks(chunks), flags, PageSize::Size4K, true)
+        self.map_checked(
+            gpa.as_usize(),
+            pos,
+            Source::Chunks(chunks),
+            flags,
+            PageSize::Size4K,
+            true,
+        )
     }
 
     pub(crate) fn map_linear(
@@ -172,19 +198,44 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         max: PageSize,
         exact: bool,
     ) -> NptResult<TlbFlush> {
-        let align = if exact { max.bytes() } else { PageSize::Size4K.bytes() };
+        let align = if exact {
+            max.bytes()
+        } else {
+            PageSize::Size4K.bytes()
+        };
         let end = Self::check_gpa_range(gpa, len, align)?;
         self.check_hpa_range(hpa, len, align)?;
         npt_entry::check_flags(flags)?;
-        self.map_checked(gpa.as_usize(), end, Source::Linear(hpa.as_usize()), flags, max, exact)
+        self.map_checked(
+            gpa.as_usize(),
+            end,
+            Source::Linear(hpa.as_usize()),
+            flags,
+            max,
+            exact,
+        )
     }
 
-    fn runs<'s>(start: usize, end: usize, source: Source<'s>, max: PageSize, exact: bool) -> Runs<'s, F> {
+    fn runs<'s>(
+        start: usize,
+        end: usize,
+        source: Source<'s>,
+        max: PageSize,
+        exact: bool,
+    ) -> Runs<'s, F> {
         let src = match source {
             Source::Linear(hpa) => hpa,
             Source::Frames(_) | Source::Chunks(_) => 0,
         };
-        Runs { gpa: start, end, src, source, max, exact, _f: core::marker::PhantomData }
+        Runs {
+            gpa: start,
+            end,
+            src,
+            source,
+            max,
+            exact,
+            _f: core::marker::PhantomData,
+        }
     }
 
     fn map_checked(
@@ -199,7 +250,12 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         let needed = self.plan_map(Self::runs(start, end, src, max, exact))?;
         let mut stash = Stash::take(&self.alloc, needed)?;
         let mut flush = TlbFlush::none();
-        self.write_map(Self::runs(start, end, src, max, exact), src, flags, &mut stash);
+        self.write_map(
+            Self::runs(start, end, src, max, exact),
+            src,
+            flags,
+            &mut stash,
+        );
         stash.give_back(&self.alloc);
         flush.add(start, end - start);
         Ok(flush)
@@ -222,7 +278,9 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                         match entry.kind(false) {
                             EntryKind::Table => Some(self.child(entry)),
                             EntryKind::Leaf => {
-                                return Err(NptError::AlreadyMapped { gpa: GuestPhysAddr::from_usize(run.gpa) });
+                                return Err(NptError::AlreadyMapped {
+                                    gpa: GuestPhysAddr::from_usize(run.gpa),
+                                });
                             }
                             EntryKind::Empty => None,
                         }
@@ -242,7 +300,9 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                 for i in 0..run.count {
                     if t.get(idx + i).raw() != 0 {
                         let gpa = run.gpa + i * run.size.bytes();
-                        return Err(NptError::AlreadyMapped { gpa: GuestPhysAddr::from_usize(gpa) });
+                        return Err(NptError::AlreadyMapped {
+                            gpa: GuestPhysAddr::from_usize(gpa),
+                        });
                     }
                 }
             }
@@ -260,7 +320,8 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     ) {
         // The walk path of the previous run: table at each level and the
         // GPA it starts at. Runs ascend, so a prefix is usually reused.
-        let mut path: [(usize, Option<TableRef<F::Entry>>); MAX_LEVELS] = [(usize::MAX, None); MAX_LEVELS];
+        let mut path: [(usize, Option<TableRef<F::Entry>>); MAX_LEVELS] =
+            [(usize::MAX, None); MAX_LEVELS];
         path[0] = (0, Some(self.root_table()));
         let templates = [
             F::Entry::new_page(0.into(), flags, false),

@@ -32,13 +32,22 @@ impl PageModel {
 
     /// Whether any page of `[gpa, gpa + len)` is mapped.
     pub fn any_mapped(&self, gpa: usize, len: usize) -> bool {
-        self.pages.range(gpa / PAGE..(gpa + len).div_ceil(PAGE)).next().is_some()
+        self.pages
+            .range(gpa / PAGE..(gpa + len).div_ceil(PAGE))
+            .next()
+            .is_some()
     }
 
     /// Maps `[gpa, gpa + len)` linearly to `hpa`.
     pub fn map(&mut self, gpa: usize, hpa: usize, len: usize, flags: MappingFlags) {
         for i in 0..len / PAGE {
-            self.pages.insert(gpa / PAGE + i, ModelPage { hpa: hpa + i * PAGE, flags });
+            self.pages.insert(
+                gpa / PAGE + i,
+                ModelPage {
+                    hpa: hpa + i * PAGE,
+                    flags,
+                },
+            );
         }
     }
 
@@ -51,7 +60,11 @@ impl PageModel {
 
     /// Unmaps `[gpa, gpa + len)`; returns how many pages were mapped.
     pub fn unmap(&mut self, gpa: usize, len: usize) -> usize {
-        let keys: Vec<usize> = self.pages.range(gpa / PAGE..(gpa + len) / PAGE).map(|(k, _)| *k).collect();
+        let keys: Vec<usize> = self
+            .pages
+            .range(gpa / PAGE..(gpa + len) / PAGE)
+            .map(|(k, _)| *k)
+            .collect();
         for k in &keys {
             self.pages.remove(k);
         }
@@ -71,7 +84,9 @@ impl PageModel {
 
     /// What `gpa` translates to: host address (offset included) and flags.
     pub fn query(&self, gpa: usize) -> Option<(usize, MappingFlags)> {
-        self.pages.get(&(gpa / PAGE)).map(|p| (p.hpa + gpa % PAGE, p.flags))
+        self.pages
+            .get(&(gpa / PAGE))
+            .map(|p| (p.hpa + gpa % PAGE, p.flags))
     }
 
     /// Mapped pages.

@@ -10,9 +10,9 @@
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
 use npt_entry::{ENTRIES_PER_TABLE, EntryKind, GenericPTE, NestedEntry, NptFormat};
 
-use crate::frames::FrameAllocator;
 use crate::error::{NptError, NptResult};
 use crate::flush::TlbFlush;
+use crate::frames::FrameAllocator;
 use crate::raw::TableRef;
 use crate::table::{NestedPageTable, Stash};
 
@@ -40,6 +40,14 @@ pub enum AccessBit {
     Accessed,
     /// The dirty bit.
     Dirty,
+}
+
+/// What a descent did to one table.
+pub(crate) struct Descent {
+    /// Some leaf changed.
+    any: bool,
+    /// The table is empty now and may be freed.
+    empty: bool,
 }
 
 /// What to do to each leaf the range covers.
@@ -127,7 +135,10 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     ) -> NptResult<TlbFlush> {
         let pages = len / PageSize::Size4K.bytes();
         if bitmap.len().saturating_mul(64) < pages {
-            return Err(NptError::FrameCount { expected: pages.div_ceil(64), given: bitmap.len() });
+            return Err(NptError::FrameCount {
+                expected: pages.div_ceil(64),
+                given: bitmap.len(),
+            });
         }
         struct Harvest<'b> {
             start: usize,
@@ -157,7 +168,11 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                 entry
             }
         }
-        let mut op = Harvest { start: gpa.as_usize(), bit, bitmap };
+        let mut op = Harvest {
+            start: gpa.as_usize(),
+            bit,
+            bitmap,
+        };
         match self.apply(gpa, len, &mut op) {
             Err(NptError::NotMapped { .. }) => Ok(TlbFlush::none()),
             other => other,
@@ -175,29 +190,35 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     ) -> NptResult {
         let end = Self::check_gpa_range(gpa, len, PageSize::Size4K.bytes())?;
         let mut current: Option<MappedRun> = None;
-        self.visit(self.root_table(), 0, gpa.as_usize(), end, &mut |lo, hi, size, entry| {
-            let flags = entry.flags();
-            let base: usize = entry.paddr().into();
-            let hpa = base + size.offset(lo);
-            if let Some(run) = current.as_mut() {
-                if run.gpa.as_usize() + run.len == lo
-                    && run.hpa.as_usize() + run.len == hpa
-                    && run.flags == flags
-                {
-                    run.len += hi - lo;
-                    run.max_page = run.max_page.max(size);
-                    return;
+        self.visit(
+            self.root_table(),
+            0,
+            gpa.as_usize(),
+            end,
+            &mut |lo, hi, size, entry| {
+                let flags = entry.flags();
+                let base: usize = entry.paddr().into();
+                let hpa = base + size.offset(lo);
+                if let Some(run) = current.as_mut() {
+                    if run.gpa.as_usize() + run.len == lo
+                        && run.hpa.as_usize() + run.len == hpa
+                        && run.flags == flags
+                    {
+                        run.len += hi - lo;
+                        run.max_page = run.max_page.max(size);
+                        return;
+                    }
+                    f(*run);
                 }
-                f(*run);
-            }
-            current = Some(MappedRun {
-                gpa: GuestPhysAddr::from_usize(lo),
-                hpa: HostPhysAddr::from_usize(hpa),
-                len: hi - lo,
-                flags,
-                max_page: size,
-            });
-        });
+                current = Some(MappedRun {
+                    gpa: GuestPhysAddr::from_usize(lo),
+                    hpa: HostPhysAddr::from_usize(hpa),
+                    len: hi - lo,
+                    flags,
+                    max_page: size,
+                });
+            },
+        );
         if let Some(run) = current {
             f(run);
         }
@@ -307,18 +328,55 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     ) -> NptResult<TlbFlush> {
         let end = Self::check_gpa_range(gpa, len, PageSize::Size4K.bytes())?;
         let start = gpa.as_usize();
-        let mut any = false;
-        self.visit(self.root_table(), 0, start, end, &mut |_, _, _, _| any = true);
-        if !any {
+        if !self.any_mapped(self.root_table(), 0, start, end) {
             return Err(NptError::NotMapped { gpa });
         }
-        let needed = if O::SPLITS { self.splits_at(start) + self.splits_at(end) } else { 0 };
+        let needed = if O::SPLITS {
+            self.splits_at(start) + self.splits_at(end)
+        } else {
+            0
+        };
         let mut stash = Stash::take(&self.alloc, needed)?;
         let mut flush = TlbFlush::none();
         let root = self.root_table();
-        self.descend_apply(root, 0, start, end, op, &mut stash, &mut flush);
+        let changed = self.descend_apply(root, 0, start, end, op, &mut stash, &mut flush);
+        if changed.any {
+            flush.add(start, end - start);
+        }
         stash.give_back(&self.alloc);
         Ok(flush)
+    }
+
+    /// Whether any leaf overlaps `[start, end)`; stops at the first.
+    fn any_mapped(
+        &self,
+        table: TableRef<F::Entry>,
+        level: usize,
+        start: usize,
+        end: usize,
+    ) -> bool {
+        let size = 1usize << F::shift(level);
+        let last = level == F::LEVELS - 1;
+        let mut pos = start;
+        while pos < end {
+            let hi = end.min((pos & !(size - 1)).saturating_add(size));
+            let entry = table.get(F::index(pos, level));
+            match entry.kind(last) {
+                EntryKind::Empty => {}
+                EntryKind::Leaf => {
+                    if F::leaf_size(level).is_some() {
+                        return true;
+                    }
+                }
+                EntryKind::Table => {
+                    if self.any_mapped(self.child(entry), level + 1, pos, hi) {
+                        return true;
+                    }
+                }
+            }
+            pos = hi;
+        }
+        false
     }
 
     /// Frames needed to split the leaf containing `edge` down to the level
@@ -328,7 +386,10 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         if edge as u64 >= F::GPA_LIMIT {
             return 0;
         }
-        let Some((_, _, level, _)) = self.find_leaf(edge) else {
+        let Some(leaf) = self.find_leaf(edge) else {
+            return 0;
+        };
+        let Some(level) = F::level_of(leaf.size) else {
             return 0;
         };
         let mut n = 0;
@@ -340,8 +401,9 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         n
     }
 
-    /// The mutating descent behind [`NestedPageTable::apply`]. Returns
-    /// whether `table` is empty afterwards.
+    /// The mutating descent behind [`NestedPageTable::apply`]. Changed
+    /// leaves inside `[start, end)` are flushed once by the caller; leaves
+    /// split here are added to `flush` because they reach outside it.
     #[allow(clippy::too_many_arguments)]
     fn descend_apply<O: LeafOp<F::Entry>>(
         &mut self,
@@ -352,11 +414,19 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         op: &mut O,
         stash: &mut Stash,
         flush: &mut TlbFlush,
-    ) -> bool {
+    ) -> Descent {
         let shift = F::shift(level);
         let size = 1usize << shift;
         let last = level == F::LEVELS - 1;
+        let mut out = Descent {
+            any: false,
+            empty: false,
+        };
         let mut removed = false;
+        // Whether every entry seen so far is (now) empty.
+        let mut all_empty = true;
+        let mut removed_leaves = 0;
+        let leaf_size = F::leaf_size(level);
         let mut pos = start;
         while pos < end {
             let entry_base = pos & !(size - 1);
@@ -367,7 +437,8 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             match entry.kind(last) {
                 EntryKind::Empty => {}
                 EntryKind::Leaf => {
-                    let Some(page) = F::leaf_size(level) else {
+                    let Some(page) = leaf_size else {
+                        all_empty = false;
                         pos = hi;
                         continue;
                     };
@@ -376,34 +447,60 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                         let new = op.leaf(entry_base, page, pos, hi, entry);
                         if new != entry {
                             table.set(idx, new);
-                            flush.add(entry_base, size);
+                            out.any = true;
                             if new.raw() == 0 {
-                                self.count_leaves(page, 1, false);
+                                removed_leaves += 1;
                                 removed = true;
+                            } else {
+                                all_empty = false;
                             }
+                        } else {
+                            all_empty = false;
                         }
                     } else if let Some(child) = self.split(table, idx, level, entry, stash) {
                         flush.add(entry_base, size);
-                        if self.descend_apply(child, level + 1, pos, hi, op, stash, flush) {
+                        out.any = true;
+                        let sub = self.descend_apply(child, level + 1, pos, hi, op, stash, flush);
+                        if sub.empty {
                             table.set(idx, F::Entry::from_raw(0));
                             self.free_table(child);
                             removed = true;
+                        } else {
+                            all_empty = false;
                         }
+                    } else {
+                        all_empty = false;
                     }
                 }
                 EntryKind::Table => {
                     let child = self.child(entry);
-                    if self.descend_apply(child, level + 1, pos, hi, op, stash, flush) {
+                    let sub = self.descend_apply(child, level + 1, pos, hi, op, stash, flush);
+                    out.any |= sub.any;
+                    if sub.empty {
                         table.set(idx, F::Entry::from_raw(0));
                         flush.add(entry_base, size);
                         self.free_table(child);
                         removed = true;
+                    } else {
+                        all_empty = false;
                     }
                 }
             }
             pos = hi;
         }
-        level > 0 && removed && table.is_empty(ENTRIES_PER_TABLE)
+        if let Some(page) = leaf_size {
+            self.count_leaves(page, removed_leaves, false);
+        }
+        if level > 0 && removed {
+            let span = size * ENTRIES_PER_TABLE;
+            let covered = start & (span - 1) == 0 && end - start == span;
+            out.empty = if covered {
+                all_empty
+            } else {
+                table.is_empty(ENTRIES_PER_TABLE)
+            };
+        }
+        out
     }
 
     /// Replaces the huge leaf at `table[idx]` by a table of 512 leaves of the

@@ -7,10 +7,18 @@ use core::marker::PhantomData;
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
 use npt_entry::{EntryKind, GenericPTE, NestedEntry, NptFormat};
 
-use crate::frames::FrameAllocator;
 use crate::error::{NptError, NptResult};
 use crate::flush::TlbFlush;
+use crate::frames::FrameAllocator;
 use crate::raw::{TableRef, zero_frames};
+
+/// A leaf found by a walk: where it is and what it maps.
+pub(crate) struct LeafRef<E> {
+    pub(crate) table: TableRef<E>,
+    pub(crate) idx: usize,
+    pub(crate) entry: E,
+    pub(crate) size: PageSize,
+}
 
 /// The deepest walk any format has (EPT 5-level, Sv57x4).
 pub(crate) const MAX_LEVELS: usize = 5;
@@ -175,13 +183,18 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// (e.g. the CPU's MAXPHYADDR); values above the format's width are
     /// clamped to it.
     pub fn with_pa_bits(alloc: A, pa_bits: u32) -> NptResult<Self> {
-        let root = alloc.alloc_frames(F::ROOT_FRAMES, F::ROOT_ALIGN).ok_or(NptError::NoMemory)?;
+        let root = alloc
+            .alloc_frames(F::ROOT_FRAMES, F::ROOT_ALIGN)
+            .ok_or(NptError::NoMemory)?;
         // SAFETY: just allocated, not reachable from any table.
         unsafe { zero_frames(&alloc, root, F::ROOT_FRAMES) };
         Ok(Self {
             root,
             alloc,
-            stats: TableStats { table_frames: F::ROOT_FRAMES, leaves: [0; 4] },
+            stats: TableStats {
+                table_frames: F::ROOT_FRAMES,
+                leaves: [0; 4],
+            },
             pa_bits: pa_bits.min(F::PA_BITS),
             _format: PhantomData,
         })
@@ -221,7 +234,13 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         // SAFETY: table entries are written only by this crate, pointing to
         // frames it allocated and has not freed (a table is unlinked before
         // it is freed).
-        unsafe { TableRef::new(&self.alloc, entry.paddr().into(), npt_entry::ENTRIES_PER_TABLE) }
+        unsafe {
+            TableRef::new(
+                &self.alloc,
+                entry.paddr().into(),
+                npt_entry::ENTRIES_PER_TABLE,
+            )
+        }
     }
 
     /// A table frame from the stash, as a view.
@@ -246,18 +265,28 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
 
     /// Checks `[gpa, gpa + len)`: non-empty, `align`-aligned, inside the GPA
     /// width. Returns the end.
-    pub(crate) fn check_gpa_range(gpa: GuestPhysAddr, len: usize, align: usize) -> NptResult<usize> {
+    pub(crate) fn check_gpa_range(
+        gpa: GuestPhysAddr,
+        len: usize,
+        align: usize,
+    ) -> NptResult<usize> {
         let start = gpa.as_usize();
         if len == 0 {
             return Err(NptError::ZeroLength);
         }
         if start % align != 0 {
-            return Err(NptError::GpaNotAligned { value: start, align });
+            return Err(NptError::GpaNotAligned {
+                value: start,
+                align,
+            });
         }
         if len % align != 0 {
             return Err(NptError::GpaNotAligned { value: len, align });
         }
-        let out = NptError::GpaOutOfRange { gpa: start.max(F::GPA_LIMIT as usize), gpa_bits: F::GPA_BITS };
+        let out = NptError::GpaOutOfRange {
+            gpa: start.max(F::GPA_LIMIT as usize),
+            gpa_bits: F::GPA_BITS,
+        };
         let end = start.checked_add(len).ok_or(out)?;
         if end as u64 > F::GPA_LIMIT {
             return Err(out);
@@ -270,7 +299,10 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         if hpa.as_usize() % align != 0 {
             return Err(NptError::HpaNotAligned { hpa, align });
         }
-        let out = NptError::HpaOutOfRange { hpa: hpa.as_usize(), pa_bits: self.pa_bits };
+        let out = NptError::HpaOutOfRange {
+            hpa: hpa.as_usize(),
+            pa_bits: self.pa_bits,
+        };
         let end = hpa.as_usize().checked_add(len).ok_or(out)?;
         if self.pa_bits < usize::BITS && end > 1usize << self.pa_bits {
             return Err(out);
@@ -278,9 +310,9 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         Ok(())
     }
 
-    /// Finds the leaf mapping `gpa`: its table, index, level and entry.
+    /// Finds the leaf mapping `gpa`.
     #[inline(always)]
-    pub(crate) fn find_leaf(&self, gpa: usize) -> Option<(TableRef<F::Entry>, usize, usize, F::Entry)> {
+    pub(crate) fn find_leaf(&self, gpa: usize) -> Option<LeafRef<F::Entry>> {
         let mut table = self.root_table();
         for level in 0..F::LEVELS {
             let idx = F::index(gpa, level);
@@ -288,8 +320,13 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             match entry.kind(level == F::LEVELS - 1) {
                 EntryKind::Empty => return None,
                 EntryKind::Leaf => {
-                    F::leaf_size(level)?;
-                    return Some((table, idx, level, entry));
+                    let size = F::leaf_size(level)?;
+                    return Some(LeafRef {
+                        table,
+                        idx,
+                        entry,
+                        size,
+                    });
                 }
                 EntryKind::Table => table = self.child(entry),
             }
@@ -304,10 +341,13 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     pub fn query(&self, gpa: GuestPhysAddr) -> NptResult<Translation> {
         let addr = gpa.as_usize();
         if addr as u64 >= F::GPA_LIMIT {
-            return Err(NptError::GpaOutOfRange { gpa: addr, gpa_bits: F::GPA_BITS });
+            return Err(NptError::GpaOutOfRange {
+                gpa: addr,
+                gpa_bits: F::GPA_BITS,
+            });
         }
-        let (_, _, level, entry) = self.find_leaf(addr).ok_or(NptError::NotMapped { gpa })?;
-        let size = F::leaf_size(level).ok_or(NptError::NotMapped { gpa })?;
+        let LeafRef { entry, size, .. } =
+            self.find_leaf(addr).ok_or(NptError::NotMapped { gpa })?;
         let base: usize = entry.paddr().into();
         Ok(Translation {
             hpa: HostPhysAddr::from_usize(base + size.offset(addr)),
@@ -323,8 +363,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         if addr as u64 >= F::GPA_LIMIT {
             return None;
         }
-        let (_, _, level, entry) = self.find_leaf(addr)?;
-        let size = F::leaf_size(level)?;
+        let LeafRef { entry, size, .. } = self.find_leaf(addr)?;
         let base: usize = entry.paddr().into();
         Some(HostPhysAddr::from_usize(base + size.offset(addr)))
     }
@@ -348,13 +387,21 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// Removes the leaf that starts at `gpa`, whatever its size, and returns
     /// what it mapped.
     pub fn unmap(&mut self, gpa: GuestPhysAddr) -> NptResult<(Translation, TlbFlush)> {
-        let (table, idx, level, entry, size) = self.leaf_at(gpa)?;
+        let LeafRef {
+            table,
+            idx,
+            entry,
+            size,
+        } = self.leaf_at(gpa)?;
         table.set(idx, F::Entry::from_raw(0));
         self.count_leaves(size, 1, false);
         let mut flush = TlbFlush::none();
         flush.add(gpa.as_usize(), size.bytes());
-        let t = Translation { hpa: entry.paddr().into(), flags: entry.flags(), size };
-        let _ = level;
+        let t = Translation {
+            hpa: entry.paddr().into(),
+            flags: entry.flags(),
+            size,
+        };
         // Free tables that became empty on the way down.
         self.prune_path(gpa.as_usize(), &mut flush);
         Ok((t, flush))
@@ -363,9 +410,16 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// Changes the flags of the leaf that starts at `gpa`.
     pub fn protect(&mut self, gpa: GuestPhysAddr, flags: MappingFlags) -> NptResult<TlbFlush> {
         npt_entry::check_flags(flags)?;
-        let (table, idx, level, entry, size) = self.leaf_at(gpa)?;
-        let _ = level;
-        table.set(idx, F::Entry::new_page(entry.paddr(), flags, size.is_huge()));
+        let LeafRef {
+            table,
+            idx,
+            entry,
+            size,
+        } = self.leaf_at(gpa)?;
+        table.set(
+            idx,
+            F::Entry::new_page(entry.paddr(), flags, size.is_huge()),
+        );
         let mut flush = TlbFlush::none();
         flush.add(gpa.as_usize(), size.bytes());
         Ok(flush)
@@ -380,7 +434,9 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         flags: MappingFlags,
     ) -> NptResult<TlbFlush> {
         npt_entry::check_flags(flags)?;
-        let (table, idx, _, _, size) = self.leaf_at(gpa)?;
+        let LeafRef {
+            table, idx, size, ..
+        } = self.leaf_at(gpa)?;
         self.check_hpa_range(hpa, size.bytes(), size.bytes())?;
         table.set(idx, F::Entry::new_page(hpa.into(), flags, size.is_huge()));
         let mut flush = TlbFlush::none();
@@ -389,29 +445,28 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     }
 
     /// The leaf starting exactly at `gpa`.
-    #[allow(clippy::type_complexity)]
-    fn leaf_at(
-        &self,
-        gpa: GuestPhysAddr,
-    ) -> NptResult<(TableRef<F::Entry>, usize, usize, F::Entry, PageSize)> {
+    fn leaf_at(&self, gpa: GuestPhysAddr) -> NptResult<LeafRef<F::Entry>> {
         let addr = gpa.as_usize();
         Self::check_gpa_range(gpa, PageSize::Size4K.bytes(), PageSize::Size4K.bytes())?;
-        let (table, idx, level, entry) = self.find_leaf(addr).ok_or(NptError::NotMapped { gpa })?;
-        let size = F::leaf_size(level).ok_or(NptError::NotMapped { gpa })?;
-        if !size.is_aligned(addr) {
-            return Err(NptError::SizeMismatch { gpa, mapped: size });
+        let leaf = self.find_leaf(addr).ok_or(NptError::NotMapped { gpa })?;
+        if !leaf.size.is_aligned(addr) {
+            return Err(NptError::SizeMismatch {
+                gpa,
+                mapped: leaf.size,
+            });
         }
-        Ok((table, idx, level, entry, size))
+        Ok(leaf)
     }
 
     /// Frees the tables on the path to `gpa` that are empty, deepest first.
     pub(crate) fn prune_path(&mut self, gpa: usize, flush: &mut TlbFlush) {
-        let mut path: [(TableRef<F::Entry>, usize); MAX_LEVELS] = [(self.root_table(), 0); MAX_LEVELS];
+        let mut path: [(TableRef<F::Entry>, usize); MAX_LEVELS] =
+            [(self.root_table(), 0); MAX_LEVELS];
         let mut depth = 0;
         let mut table = self.root_table();
-        for level in 0..F::LEVELS {
+        for (level, slot) in path.iter_mut().enumerate().take(F::LEVELS) {
             let idx = F::index(gpa, level);
-            path[level] = (table, idx);
+            *slot = (table, idx);
             depth = level;
             let entry = table.get(idx);
             if entry.kind(level == F::LEVELS - 1) != EntryKind::Table {

@@ -19,17 +19,26 @@ fn hpa(a: usize) -> HostPhysAddr {
 }
 
 /// All mapped runs in the first 8 GiB (or the whole space if smaller).
-fn runs<F: NptFormat, A: FrameAllocator>(t: &NestedPageTable<F, A>) -> Vec<(usize, usize, usize, MappingFlags)> {
+fn runs<F: NptFormat, A: FrameAllocator>(
+    t: &NestedPageTable<F, A>,
+) -> Vec<(usize, usize, usize, MappingFlags)> {
     let len = (8 * G1).min(F::GPA_LIMIT as usize);
     let mut v = Vec::new();
-    t.for_each_mapping(gpa(0), len, |r| v.push((r.gpa.as_usize(), r.hpa.as_usize(), r.len, r.flags))).unwrap();
+    t.for_each_mapping(gpa(0), len, |r| {
+        v.push((r.gpa.as_usize(), r.hpa.as_usize(), r.len, r.flags))
+    })
+    .unwrap();
     v
 }
 
 /// Where a partial operation cuts a huge leaf of `size`: from the left edge,
 /// from the right edge, and in the middle.
 fn cuts(size: usize) -> [(usize, usize); 3] {
-    [(0, K4), (size - K4, K4), (size / 2 - K4, M2.min(size / 4) + 2 * K4)]
+    [
+        (0, K4),
+        (size - K4, K4),
+        (size / 2 - K4, M2.min(size / 4) + 2 * K4),
+    ]
 }
 
 fn partial_unmap<F: NptFormat>(size: PageSize) {
@@ -41,7 +50,12 @@ fn partial_unmap<F: NptFormat>(size: PageSize) {
         t.map(gpa(g), hpa(h), size, RW).unwrap().ignore();
         assert_eq!(t.stats().leaves_of(size), 1);
         let flush = t.unmap_region(gpa(g + off), len).unwrap();
-        assert!(flush.is_all() || flush.ranges().any(|r| r.start.as_usize() <= g + off && r.end.as_usize() >= g + off + len));
+        assert!(
+            flush.is_all()
+                || flush
+                    .ranges()
+                    .any(|r| r.start.as_usize() <= g + off && r.end.as_usize() >= g + off + len)
+        );
         // The rest stays mapped with the same flags and addresses.
         let mut expect = Vec::new();
         if off > 0 {
@@ -75,11 +89,19 @@ fn partial_protect<F: NptFormat>(size: PageSize) {
         }
         expect.push((g + off, h + off, len, norm(R)));
         if off + len < size.bytes() {
-            expect.push((g + off + len, h + off + len, size.bytes() - off - len, norm(RW)));
+            expect.push((
+                g + off + len,
+                h + off + len,
+                size.bytes() - off - len,
+                norm(RW),
+            ));
         }
         assert_eq!(runs(&t), expect, "{} cut {off:#x}+{len:#x}", F::NAME);
         let q = t.query(gpa(g + off + 0x10)).unwrap();
-        assert_eq!((q.hpa, q.flags, q.size), (hpa(h + off + 0x10), norm(R), PageSize::Size4K));
+        assert_eq!(
+            (q.hpa, q.flags, q.size),
+            (hpa(h + off + 0x10), norm(R), PageSize::Size4K)
+        );
         // Protecting back and collapsing restores one huge leaf.
         t.protect_region(gpa(g), size.bytes(), RW).unwrap().ignore();
         if size == PageSize::Size1G {
@@ -91,7 +113,10 @@ fn partial_protect<F: NptFormat>(size: PageSize) {
         assert!(c.freed_tables >= 1);
         c.flush.ignore();
         assert_eq!(t.stats().leaves_of(size), 1);
-        assert_eq!(t.stats().table_frames, F::ROOT_FRAMES + F::LEVELS - 1 - size.height());
+        assert_eq!(
+            t.stats().table_frames,
+            F::ROOT_FRAMES + F::LEVELS - 1 - size.height()
+        );
         drop(t);
         assert_eq!(alloc.live_frames(), 0);
     }
@@ -137,8 +162,12 @@ per_format! {
 fn map_over_existing<F: NptFormat>() {
     let alloc = HostFrameAllocator::new();
     let mut t = NestedPageTable::<F, _>::new(&alloc).unwrap();
-    t.map_region(gpa(G1), hpa(G1), 4 * M2, RW, MapPolicy::Huge).unwrap().ignore();
-    t.map(gpa(G1 + 8 * M2 + 5 * K4), hpa(0x1000), PageSize::Size4K, R).unwrap().ignore();
+    t.map_region(gpa(G1), hpa(G1), 4 * M2, RW, MapPolicy::Huge)
+        .unwrap()
+        .ignore();
+    t.map(gpa(G1 + 8 * M2 + 5 * K4), hpa(0x1000), PageSize::Size4K, R)
+        .unwrap()
+        .ignore();
     let before = (runs(&t), t.stats(), alloc.live_frames());
     // Exactly over, overlapping at the end, covering a lone 4K page, a huge
     // page over small ones.
@@ -151,7 +180,11 @@ fn map_over_existing<F: NptFormat>() {
     ];
     for (g, len, policy) in attempts {
         let r = t.map_region(gpa(g), hpa(8 * G1 + g), len, RW, policy);
-        assert!(matches!(r, Err(NptError::AlreadyMapped { .. })), "{} {g:#x}: {r:?}", F::NAME);
+        assert!(
+            matches!(r, Err(NptError::AlreadyMapped { .. })),
+            "{} {g:#x}: {r:?}",
+            F::NAME
+        );
         assert_eq!((runs(&t), t.stats(), alloc.live_frames()), before);
     }
     let r = t.map(gpa(G1 + M2), hpa(0), PageSize::Size4K, RW);
@@ -163,14 +196,34 @@ fn past_width<F: NptFormat>() {
     let mut t = NestedPageTable::<F, _>::new(&alloc).unwrap();
     let limit = F::GPA_LIMIT as usize;
     let out = t.map(gpa(limit), hpa(0), PageSize::Size4K, RW);
-    assert!(matches!(out, Err(NptError::GpaOutOfRange { .. })), "{out:?}");
+    assert!(
+        matches!(out, Err(NptError::GpaOutOfRange { .. })),
+        "{out:?}"
+    );
     let straddle = t.map_region(gpa(limit - K4), hpa(0), 2 * K4, RW, MapPolicy::Only4K);
-    assert!(matches!(straddle, Err(NptError::GpaOutOfRange { .. })), "{straddle:?}");
-    let wrap = t.map_region(gpa(usize::MAX - 0xfff), hpa(0), 2 * K4, RW, MapPolicy::Only4K);
-    assert!(matches!(wrap, Err(NptError::GpaOutOfRange { .. })), "{wrap:?}");
-    assert!(matches!(t.query(gpa(limit)), Err(NptError::GpaOutOfRange { .. })));
+    assert!(
+        matches!(straddle, Err(NptError::GpaOutOfRange { .. })),
+        "{straddle:?}"
+    );
+    let wrap = t.map_region(
+        gpa(usize::MAX - 0xfff),
+        hpa(0),
+        2 * K4,
+        RW,
+        MapPolicy::Only4K,
+    );
+    assert!(
+        matches!(wrap, Err(NptError::GpaOutOfRange { .. })),
+        "{wrap:?}"
+    );
+    assert!(matches!(
+        t.query(gpa(limit)),
+        Err(NptError::GpaOutOfRange { .. })
+    ));
     // The last page inside the width works.
-    t.map(gpa(limit - K4), hpa(0x5000), PageSize::Size4K, RW).unwrap().ignore();
+    t.map(gpa(limit - K4), hpa(0x5000), PageSize::Size4K, RW)
+        .unwrap()
+        .ignore();
     assert_eq!(t.translate(gpa(limit - 1)), Some(hpa(0x5fff)));
     assert_eq!(t.stats().table_frames, F::ROOT_FRAMES + F::LEVELS - 1);
 }
@@ -179,11 +232,27 @@ fn past_width<F: NptFormat>() {
 fn named_width_limits() {
     let alloc = HostFrameAllocator::new();
     let mut sv39 = NestedPageTable::<Sv39x4, _>::new(&alloc).unwrap();
-    let e = sv39.map(gpa(1 << 41), hpa(0), PageSize::Size4K, RW).unwrap_err();
-    assert_eq!(e, NptError::GpaOutOfRange { gpa: 1 << 41, gpa_bits: 41 });
+    let e = sv39
+        .map(gpa(1 << 41), hpa(0), PageSize::Size4K, RW)
+        .unwrap_err();
+    assert_eq!(
+        e,
+        NptError::GpaOutOfRange {
+            gpa: 1 << 41,
+            gpa_bits: 41
+        }
+    );
     let mut s2 = NestedPageTable::<Stage2<40>, _>::new(&alloc).unwrap();
-    let e = s2.map(gpa(1 << 40), hpa(0), PageSize::Size4K, RW).unwrap_err();
-    assert_eq!(e, NptError::GpaOutOfRange { gpa: 1 << 40, gpa_bits: 40 });
+    let e = s2
+        .map(gpa(1 << 40), hpa(0), PageSize::Size4K, RW)
+        .unwrap_err();
+    assert_eq!(
+        e,
+        NptError::GpaOutOfRange {
+            gpa: 1 << 40,
+            gpa_bits: 40
+        }
+    );
 }
 
 #[test]
@@ -191,37 +260,97 @@ fn bad_arguments_are_typed_errors() {
     let alloc = HostFrameAllocator::new();
     let mut t = NestedPageTable::<Ept4, _>::with_pa_bits(&alloc, 39).unwrap();
     let p = MapPolicy::Huge;
-    assert_eq!(t.map_region(gpa(0), hpa(0), 0, RW, p), Err(NptError::ZeroLength));
-    assert_eq!(t.map_region(gpa(0x10), hpa(0), K4, RW, p), Err(NptError::GpaNotAligned { value: 0x10, align: K4 }));
-    assert_eq!(t.map_region(gpa(0), hpa(0), 0x1800, RW, p), Err(NptError::GpaNotAligned { value: 0x1800, align: K4 }));
-    assert_eq!(t.map_region(gpa(0), hpa(0x10), K4, RW, p), Err(NptError::HpaNotAligned { hpa: hpa(0x10), align: K4 }));
+    assert_eq!(
+        t.map_region(gpa(0), hpa(0), 0, RW, p),
+        Err(NptError::ZeroLength)
+    );
+    assert_eq!(
+        t.map_region(gpa(0x10), hpa(0), K4, RW, p),
+        Err(NptError::GpaNotAligned {
+            value: 0x10,
+            align: K4
+        })
+    );
+    assert_eq!(
+        t.map_region(gpa(0), hpa(0), 0x1800, RW, p),
+        Err(NptError::GpaNotAligned {
+            value: 0x1800,
+            align: K4
+        })
+    );
+    assert_eq!(
+        t.map_region(gpa(0), hpa(0x10), K4, RW, p),
+        Err(NptError::HpaNotAligned {
+            hpa: hpa(0x10),
+            align: K4
+        })
+    );
     assert_eq!(
         t.map_region(gpa(0), hpa((1 << 39) - K4), 2 * K4, RW, p),
-        Err(NptError::HpaOutOfRange { hpa: (1 << 39) - K4, pa_bits: 39 })
+        Err(NptError::HpaOutOfRange {
+            hpa: (1 << 39) - K4,
+            pa_bits: 39
+        })
     );
-    assert_eq!(t.map(gpa(M2), hpa(K4), PageSize::Size2M, RW), Err(NptError::HpaNotAligned { hpa: hpa(K4), align: M2 }));
-    assert_eq!(t.map(gpa(K4), hpa(0), PageSize::Size2M, RW), Err(NptError::GpaNotAligned { value: K4, align: M2 }));
+    assert_eq!(
+        t.map(gpa(M2), hpa(K4), PageSize::Size2M, RW),
+        Err(NptError::HpaNotAligned {
+            hpa: hpa(K4),
+            align: M2
+        })
+    );
+    assert_eq!(
+        t.map(gpa(K4), hpa(0), PageSize::Size2M, RW),
+        Err(NptError::GpaNotAligned {
+            value: K4,
+            align: M2
+        })
+    );
     assert_eq!(
         t.map(gpa(0), hpa(0), PageSize::Size512G, RW),
         Err(NptError::UnsupportedPageSize(PageSize::Size512G))
     );
-    assert_eq!(t.map(gpa(0), hpa(0), PageSize::Size4K, MappingFlags::empty()), Err(NptError::BadFlags(MappingFlags::empty())));
+    assert_eq!(
+        t.map(gpa(0), hpa(0), PageSize::Size4K, MappingFlags::empty()),
+        Err(NptError::BadFlags(MappingFlags::empty()))
+    );
     assert_eq!(
         t.map(gpa(0), hpa(0), PageSize::Size4K, MappingFlags::WRITE),
         Err(NptError::BadFlags(MappingFlags::WRITE))
     );
-    assert_eq!(t.unmap_region(gpa(0), M2), Err(NptError::NotMapped { gpa: gpa(0) }));
-    assert_eq!(t.protect_region(gpa(0), M2, R), Err(NptError::NotMapped { gpa: gpa(0) }));
+    assert_eq!(
+        t.unmap_region(gpa(0), M2),
+        Err(NptError::NotMapped { gpa: gpa(0) })
+    );
+    assert_eq!(
+        t.protect_region(gpa(0), M2, R),
+        Err(NptError::NotMapped { gpa: gpa(0) })
+    );
     assert!(matches!(t.unmap(gpa(0)), Err(NptError::NotMapped { .. })));
-    t.map(gpa(M2), hpa(M2), PageSize::Size2M, RW).unwrap().ignore();
-    assert_eq!(t.unmap(gpa(M2 + K4)).unwrap_err(), NptError::SizeMismatch { gpa: gpa(M2 + K4), mapped: PageSize::Size2M });
+    t.map(gpa(M2), hpa(M2), PageSize::Size2M, RW)
+        .unwrap()
+        .ignore();
+    assert_eq!(
+        t.unmap(gpa(M2 + K4)).unwrap_err(),
+        NptError::SizeMismatch {
+            gpa: gpa(M2 + K4),
+            mapped: PageSize::Size2M
+        }
+    );
     assert_eq!(t.stats().table_frames, 3);
     assert_eq!(alloc.live_frames(), 3);
 }
 
 #[test]
 fn riscv_x4_roots_are_16k_with_2048_entries() {
-    assert_eq!((Sv39x4::ROOT_ENTRIES, Sv39x4::ROOT_FRAMES, Sv39x4::ROOT_ALIGN), (2048, 4, 0x4000));
+    assert_eq!(
+        (
+            Sv39x4::ROOT_ENTRIES,
+            Sv39x4::ROOT_FRAMES,
+            Sv39x4::ROOT_ALIGN
+        ),
+        (2048, 4, 0x4000)
+    );
     let alloc = HostFrameAllocator::new();
     let mut t = NestedPageTable::<Sv39x4, _>::new(&alloc).unwrap();
     assert_eq!(t.root_hpa().as_usize() % 0x4000, 0);
@@ -231,7 +360,9 @@ fn riscv_x4_roots_are_16k_with_2048_entries() {
     let top = (1 << 41) - G1;
     assert_eq!(Sv39x4::index(top, 0), 2047);
     assert_eq!(Sv39x4::index(0x155 << 30, 0), 0x155);
-    t.map(gpa(top), hpa(G1), PageSize::Size1G, RW).unwrap().ignore();
+    t.map(gpa(top), hpa(G1), PageSize::Size1G, RW)
+        .unwrap()
+        .ignore();
     // The leaf sits in the root's last 8 bytes (offset 2047 * 8 in a 16 KiB root).
     let root = alloc.phys_to_virt(t.root_hpa());
     // SAFETY: the root is a live 16 KiB allocation of `alloc`.
@@ -246,15 +377,34 @@ fn huge_policy_picks_the_largest_aligned_leaves() {
     let mut t = NestedPageTable::<Ept4, _>::new(&alloc).unwrap();
     // 64 GiB + 2 MiB + 4 KiB at 1 GiB-aligned addresses.
     let len = 64 * G1 + M2 + K4;
-    t.map_region(gpa(G1), hpa(G1), len, RW, MapPolicy::Huge).unwrap().ignore();
+    t.map_region(gpa(G1), hpa(G1), len, RW, MapPolicy::Huge)
+        .unwrap()
+        .ignore();
     let s = t.stats();
-    assert_eq!((s.leaves_of(PageSize::Size1G), s.leaves_of(PageSize::Size2M), s.leaves_of(PageSize::Size4K)), (64, 1, 1));
+    assert_eq!(
+        (
+            s.leaves_of(PageSize::Size1G),
+            s.leaves_of(PageSize::Size2M),
+            s.leaves_of(PageSize::Size4K)
+        ),
+        (64, 1, 1)
+    );
     // A GPA/HPA pair aligned only to 2 MiB gets no 1 GiB leaves.
     let mut t2 = NestedPageTable::<Ept4, _>::new(&alloc).unwrap();
-    t2.map_region(gpa(G1), hpa(G1 + M2), G1, RW, MapPolicy::Huge).unwrap().ignore();
+    t2.map_region(gpa(G1), hpa(G1 + M2), G1, RW, MapPolicy::Huge)
+        .unwrap()
+        .ignore();
     assert_eq!(t2.stats().leaves_of(PageSize::Size2M), 512);
     let mut t3 = NestedPageTable::<Ept4, _>::new(&alloc).unwrap();
-    t3.map_region(gpa(0), hpa(0), 2 * G1, RW, MapPolicy::UpTo(PageSize::Size2M)).unwrap().ignore();
+    t3.map_region(
+        gpa(0),
+        hpa(0),
+        2 * G1,
+        RW,
+        MapPolicy::UpTo(PageSize::Size2M),
+    )
+    .unwrap()
+    .ignore();
     assert_eq!(t3.stats().leaves_of(PageSize::Size2M), 1024);
 }
 
@@ -264,16 +414,25 @@ fn harvest_collects_and_clears_dirty_bits() {
     use npt_table::AccessBit;
     let alloc = HostFrameAllocator::new();
     let mut t = NestedPageTable::<Ept4, _>::new(&alloc).unwrap();
-    t.map_region(gpa(0), hpa(G1), 8 * K4, RW, MapPolicy::Only4K).unwrap().ignore();
+    t.map_region(gpa(0), hpa(G1), 8 * K4, RW, MapPolicy::Only4K)
+        .unwrap()
+        .ignore();
     // New leaves: whatever the format sets at creation is harvested once.
     let mut bitmap = [0u64; 1];
-    t.harvest(gpa(0), 8 * K4, AccessBit::Dirty, &mut bitmap).unwrap().ignore();
+    t.harvest(gpa(0), 8 * K4, AccessBit::Dirty, &mut bitmap)
+        .unwrap()
+        .ignore();
     let mut again = [0u64; 1];
-    t.harvest(gpa(0), 8 * K4, AccessBit::Dirty, &mut again).unwrap().ignore();
+    t.harvest(gpa(0), 8 * K4, AccessBit::Dirty, &mut again)
+        .unwrap()
+        .ignore();
     assert_eq!(again[0], 0, "harvest clears what it reports");
     let _ = <npt_entry::ept::EptEntry as NestedEntry>::HAS_ACCESSED_DIRTY;
     // Too small a bitmap is refused.
-    assert!(t.harvest(gpa(0), 65 * K4, AccessBit::Dirty, &mut [0u64; 1]).is_err());
+    assert!(
+        t.harvest(gpa(0), 65 * K4, AccessBit::Dirty, &mut [0u64; 1])
+            .is_err()
+    );
 }
 
 #[test]
@@ -281,17 +440,28 @@ fn split_region_turns_huge_leaves_into_4k_and_collapse_undoes_it() {
     use npt_entry::stage2::Stage2Ipa40;
     let alloc = HostFrameAllocator::new();
     let mut t = NestedPageTable::<Stage2Ipa40, _>::new(&alloc).unwrap();
-    t.map_region(gpa(G1), hpa(2 * G1), G1 + M2, RW, MapPolicy::Huge).unwrap().ignore();
+    t.map_region(gpa(G1), hpa(2 * G1), G1 + M2, RW, MapPolicy::Huge)
+        .unwrap()
+        .ignore();
     let before = runs(&t);
     t.split_region(gpa(G1), G1 + M2).unwrap().ignore();
     assert_eq!(runs(&t), before);
     let s = t.stats();
-    assert_eq!((s.leaves_of(PageSize::Size1G), s.leaves_of(PageSize::Size2M)), (0, 0));
+    assert_eq!(
+        (s.leaves_of(PageSize::Size1G), s.leaves_of(PageSize::Size2M)),
+        (0, 0)
+    );
     assert_eq!(s.leaves_of(PageSize::Size4K), 513 * 512);
     for i in 0..513 {
-        t.collapse(gpa(G1 + i * M2), PageSize::Size2M).unwrap().flush.ignore();
+        t.collapse(gpa(G1 + i * M2), PageSize::Size2M)
+            .unwrap()
+            .flush
+            .ignore();
     }
-    t.collapse(gpa(G1), PageSize::Size1G).unwrap().flush.ignore();
+    t.collapse(gpa(G1), PageSize::Size1G)
+        .unwrap()
+        .flush
+        .ignore();
     assert_eq!(runs(&t), before);
     assert_eq!(t.stats().leaves_of(PageSize::Size1G), 1);
     assert_eq!(t.stats().leaves_of(PageSize::Size2M), 1);
@@ -316,8 +486,14 @@ fn map_chunks_maps_mixed_sizes_back_to_back() {
     assert_eq!(t.translate(gpa(G1 + 2 * M2 + K4)), Some(hpa(0x1000)));
     assert_eq!(t.stats().leaves_of(PageSize::Size2M), 2);
     // A chunk whose GPA is not aligned to its size is refused, and nothing changes.
-    let bad = [(hpa(0x5000), PageSize::Size4K), (hpa(0x20_0000), PageSize::Size2M)];
+    let bad = [
+        (hpa(0x5000), PageSize::Size4K),
+        (hpa(0x20_0000), PageSize::Size2M),
+    ];
     let before = runs(&t);
-    assert!(matches!(t.map_chunks(gpa(2 * G1), &bad, RW), Err(NptError::GpaNotAligned { .. })));
+    assert!(matches!(
+        t.map_chunks(gpa(2 * G1), &bad, RW),
+        Err(NptError::GpaNotAligned { .. })
+    ));
     assert_eq!(runs(&t), before);
 }

@@ -4,7 +4,10 @@
 
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
 use npt_entry::NptFormat;
-use npt_table::{FailingAllocator, FrameAllocator, HostFrameAllocator, MapPolicy, NestedPageTable, NptError, TableStats};
+use npt_table::{
+    FailingAllocator, FrameAllocator, HostFrameAllocator, MapPolicy, NestedPageTable, NptError,
+    TableStats,
+};
 
 const K4: usize = 0x1000;
 const M2: usize = 0x20_0000;
@@ -14,22 +17,46 @@ const RW: MappingFlags = MappingFlags::READ.union(MappingFlags::WRITE);
 type Table<'a, F> = NestedPageTable<F, &'a FailingAllocator<HostFrameAllocator>>;
 type Op<F> = fn(&mut Table<'_, F>) -> Result<(), NptError>;
 
-fn state<F: NptFormat, A: FrameAllocator>(t: &NestedPageTable<F, A>) -> (Vec<(usize, usize, usize)>, TableStats) {
+fn state<F: NptFormat, A: FrameAllocator>(
+    t: &NestedPageTable<F, A>,
+) -> (Vec<(usize, usize, usize)>, TableStats) {
     let mut runs = Vec::new();
     let len = (8 * G1).min(F::GPA_LIMIT as usize);
-    t.for_each_mapping(GuestPhysAddr::from(0), len, |r| runs.push((r.gpa.as_usize(), r.hpa.as_usize(), r.len)))
-        .unwrap();
+    t.for_each_mapping(GuestPhysAddr::from(0), len, |r| {
+        runs.push((r.gpa.as_usize(), r.hpa.as_usize(), r.len))
+    })
+    .unwrap();
     (runs, t.stats())
 }
 
 /// A table with a 1 GiB leaf at 1 GiB, a 2 MiB leaf at 2 GiB and a few 4 KiB
 /// pages at 3 GiB.
 fn setup<F: NptFormat>(t: &mut Table<'_, F>) {
-    t.map(GuestPhysAddr::from(G1), HostPhysAddr::from(4 * G1), PageSize::Size1G, RW).unwrap().ignore();
-    t.map(GuestPhysAddr::from(2 * G1), HostPhysAddr::from(6 * G1), PageSize::Size2M, RW).unwrap().ignore();
-    t.map_region(GuestPhysAddr::from(3 * G1), HostPhysAddr::from(7 * G1), 4 * K4, RW, MapPolicy::Only4K)
-        .unwrap()
-        .ignore();
+    t.map(
+        GuestPhysAddr::from(G1),
+        HostPhysAddr::from(4 * G1),
+        PageSize::Size1G,
+        RW,
+    )
+    .unwrap()
+    .ignore();
+    t.map(
+        GuestPhysAddr::from(2 * G1),
+        HostPhysAddr::from(6 * G1),
+        PageSize::Size2M,
+        RW,
+    )
+    .unwrap()
+    .ignore();
+    t.map_region(
+        GuestPhysAddr::from(3 * G1),
+        HostPhysAddr::from(7 * G1),
+        4 * K4,
+        RW,
+        MapPolicy::Only4K,
+    )
+    .unwrap()
+    .ignore();
 }
 
 fn each_failure<F: NptFormat>(name: &str, op: Op<F>) {
@@ -50,32 +77,68 @@ fn each_failure<F: NptFormat>(name: &str, op: Op<F>) {
         setup(&mut t);
         let before = (state(&t), alloc.inner().live_frames());
         alloc.fail_from(fail);
-        assert_eq!(op(&mut t), Err(NptError::NoMemory), "{} {name}: failing allocation {fail}/{k}", F::NAME);
-        assert_eq!((state(&t), alloc.inner().live_frames()), before, "{} {name}: failing {fail}/{k}", F::NAME);
+        assert_eq!(
+            op(&mut t),
+            Err(NptError::NoMemory),
+            "{} {name}: failing allocation {fail}/{k}",
+            F::NAME
+        );
+        assert_eq!(
+            (state(&t), alloc.inner().live_frames()),
+            before,
+            "{} {name}: failing {fail}/{k}",
+            F::NAME
+        );
         drop(t);
-        assert_eq!(alloc.inner().live_frames(), 0, "{} {name}: leak after failing {fail}/{k}", F::NAME);
+        assert_eq!(
+            alloc.inner().live_frames(),
+            0,
+            "{} {name}: leak after failing {fail}/{k}",
+            F::NAME
+        );
     }
 }
 
 fn all_ops<F: NptFormat>() {
     let ops: [(&str, Op<F>); 6] = [
         ("map 4K pages across a 1G boundary", |t| {
-            t.map_region((4 * G1 - 3 * M2).into(), 0x8000_0000.into(), 6 * M2, RW, MapPolicy::Only4K).map(|f| f.ignore())
+            t.map_region(
+                (4 * G1 - 3 * M2).into(),
+                0x8000_0000.into(),
+                6 * M2,
+                RW,
+                MapPolicy::Only4K,
+            )
+            .map(|f| f.ignore())
         }),
         ("map with huge leaves and small edges", |t| {
-            t.map_region((G1 * 5 + M2 - K4).into(), (M2 - K4).into(), G1 / 2, RW, MapPolicy::Huge).map(|f| f.ignore())
+            t.map_region(
+                (G1 * 5 + M2 - K4).into(),
+                (M2 - K4).into(),
+                G1 / 2,
+                RW,
+                MapPolicy::Huge,
+            )
+            .map(|f| f.ignore())
         }),
         ("map frames", |t| {
-            let frames: Vec<HostPhysAddr> = (0..600).map(|i| HostPhysAddr::from(0x9000_0000 + 2 * i * K4)).collect();
-            t.map_frames((3 * G1 + M2).into(), &frames, RW).map(|f| f.ignore())
+            let frames: Vec<HostPhysAddr> = (0..600)
+                .map(|i| HostPhysAddr::from(0x9000_0000 + 2 * i * K4))
+                .collect();
+            t.map_frames((3 * G1 + M2).into(), &frames, RW)
+                .map(|f| f.ignore())
         }),
         ("unmap the middle of a 1G leaf", |t| {
-            t.unmap_region((G1 + G1 / 2 + K4).into(), M2).map(|f| f.ignore())
+            t.unmap_region((G1 + G1 / 2 + K4).into(), M2)
+                .map(|f| f.ignore())
         }),
         ("protect both edges of a 1G and a 2M leaf", |t| {
-            t.protect_region((G1 + G1 - K4).into(), G1 + 2 * K4, MappingFlags::READ).map(|f| f.ignore())
+            t.protect_region((G1 + G1 - K4).into(), G1 + 2 * K4, MappingFlags::READ)
+                .map(|f| f.ignore())
         }),
-        ("unmap inside a 2M leaf", |t| t.unmap_region((2 * G1 + K4).into(), K4).map(|f| f.ignore())),
+        ("unmap inside a 2M leaf", |t| {
+            t.unmap_region((2 * G1 + K4).into(), K4).map(|f| f.ignore())
+        }),
     ];
     for (name, op) in ops {
         each_failure::<F>(name, op);
@@ -86,7 +149,10 @@ fn all_ops<F: NptFormat>() {
 fn root_allocation_failure_is_no_memory() {
     let alloc = FailingAllocator::new(HostFrameAllocator::new());
     alloc.fail_from(1);
-    assert_eq!(Table::<npt_entry::gstage::Sv39x4>::new(&alloc).unwrap_err(), NptError::NoMemory);
+    assert_eq!(
+        Table::<npt_entry::gstage::Sv39x4>::new(&alloc).unwrap_err(),
+        NptError::NoMemory
+    );
     assert_eq!(alloc.inner().live_frames(), 0);
 }
 

@@ -16,19 +16,48 @@ const HPA_BASE: usize = 0x10_0000_0000;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Map { gpa: usize, hpa: usize, len: usize, flags: usize, huge: bool },
-    MapFrames { gpa: usize, pages: usize, flags: usize },
-    Unmap { gpa: usize, len: usize },
-    Protect { gpa: usize, len: usize, flags: usize },
-    Query { gpa: usize },
-    Collapse { gpa: usize, big: bool },
+    Map {
+        gpa: usize,
+        hpa: usize,
+        len: usize,
+        flags: usize,
+        huge: bool,
+    },
+    MapFrames {
+        gpa: usize,
+        pages: usize,
+        flags: usize,
+    },
+    Unmap {
+        gpa: usize,
+        len: usize,
+    },
+    Protect {
+        gpa: usize,
+        len: usize,
+        flags: usize,
+    },
+    Query {
+        gpa: usize,
+    },
+    Collapse {
+        gpa: usize,
+        big: bool,
+    },
 }
 
 fn flag_set(i: usize) -> MappingFlags {
     let r = MappingFlags::READ;
     let w = MappingFlags::WRITE;
     let x = MappingFlags::EXECUTE;
-    [r, r | w, r | x, r | w | x, r | w | MappingFlags::DEVICE, r | MappingFlags::UNCACHED][i % 6]
+    [
+        r,
+        r | w,
+        r | x,
+        r | w | x,
+        r | w | MappingFlags::DEVICE,
+        r | MappingFlags::UNCACHED,
+    ][i % 6]
 }
 
 /// An address made of 1 GiB, 2 MiB and 4 KiB steps, biased toward edges.
@@ -88,13 +117,24 @@ fn run_ops<F: NptFormat>(ops: Vec<Op>) -> Result<(), TestCaseError> {
     {
         let mut t = NestedPageTable::<F, _>::new(&alloc).unwrap();
         let mut model = PageModel::new();
-        let norm = |i: usize| <F::Entry as GenericPTE>::new_page(0.into(), flag_set(i), false).flags();
+        let norm =
+            |i: usize| <F::Entry as GenericPTE>::new_page(0.into(), flag_set(i), false).flags();
         for op in ops {
             let mut probes = vec![];
             match op {
-                Op::Map { gpa, hpa, len, flags, huge } => {
+                Op::Map {
+                    gpa,
+                    hpa,
+                    len,
+                    flags,
+                    huge,
+                } => {
                     let hpa = HPA_BASE + hpa;
-                    let policy = if huge { MapPolicy::Huge } else { MapPolicy::Only4K };
+                    let policy = if huge {
+                        MapPolicy::Huge
+                    } else {
+                        MapPolicy::Only4K
+                    };
                     let r = t.map_region(gpa.into(), hpa.into(), len, flag_set(flags), policy);
                     if model.any_mapped(gpa, len) {
                         prop_assert!(matches!(r, Err(NptError::AlreadyMapped { .. })), "{r:?}");
@@ -105,8 +145,9 @@ fn run_ops<F: NptFormat>(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     probes.extend([gpa, gpa + len - 1]);
                 }
                 Op::MapFrames { gpa, pages, flags } => {
-                    let frames: Vec<HostPhysAddr> =
-                        (0..pages).map(|i| HostPhysAddr::from(HPA_BASE + (pages - i) * 3 * K4)).collect();
+                    let frames: Vec<HostPhysAddr> = (0..pages)
+                        .map(|i| HostPhysAddr::from(HPA_BASE + (pages - i) * 3 * K4))
+                        .collect();
                     let r = t.map_frames(gpa.into(), &frames, flag_set(flags));
                     if model.any_mapped(gpa, pages * K4) {
                         prop_assert!(matches!(r, Err(NptError::AlreadyMapped { .. })), "{r:?}");
@@ -137,7 +178,11 @@ fn run_ops<F: NptFormat>(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 Op::Query { gpa } => probes.push(gpa + 0x123),
                 Op::Collapse { gpa, big } => {
-                    let size = if big { PageSize::Size1G } else { PageSize::Size2M };
+                    let size = if big {
+                        PageSize::Size1G
+                    } else {
+                        PageSize::Size2M
+                    };
                     let gpa = size.align_down(gpa);
                     if let Ok(c) = t.collapse(gpa.into(), size) {
                         c.flush.ignore();
@@ -146,7 +191,10 @@ fn run_ops<F: NptFormat>(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             for p in probes {
-                let got = t.query(p.into()).ok().map(|tr| (tr.hpa.as_usize(), tr.flags));
+                let got = t
+                    .query(p.into())
+                    .ok()
+                    .map(|tr| (tr.hpa.as_usize(), tr.flags));
                 prop_assert_eq!(got, model.query(p), "query {:#x}", p);
             }
             prop_assert_eq!(table_runs(&t), model_runs(&model));

@@ -1,0 +1,143 @@
+//! Shared helpers for the walker benchmarks in `benches/walkers.rs`.
+//!
+//! - [`HeapFrames`]: 4 KiB frames from the host heap with an identity
+//!   "physical" address, stateless so that the peers' static
+//!   `PagingHandler`-style traits can forward to it.
+//! - [`XorShift64`] and [`random_addrs`]: a fixed-seed generator of
+//!   addresses inside a mapped range, so every walker translates the same
+//!   addresses.
+//!
+//! Run the benchmarks with `cargo bench -p npt-benches`.
+//!
+//! ```
+//! use npt_benches::{HeapFrames, random_addrs};
+//!
+//! let pa = HeapFrames::alloc(1, 4096).unwrap();
+//! assert_eq!(pa % 4096, 0);
+//! // SAFETY: `pa` came from `HeapFrames::alloc(1, _)` and is freed once.
+//! unsafe { HeapFrames::dealloc(pa, 1) };
+//!
+//! let addrs = random_addrs(0x4000_0000, 1 << 30, 16, 1);
+//! assert!(addrs.iter().all(|&a| (0x4000_0000..0x8000_0000).contains(&a)));
+//! assert_eq!(addrs, random_addrs(0x4000_0000, 1 << 30, 16, 1));
+//! ```
+#![warn(missing_docs)]
+
+use std::alloc::{Layout, alloc, dealloc};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Size of one frame.
+pub const FRAME_SIZE: usize = 4096;
+
+/// Frames allocated by [`HeapFrames`] and not yet freed.
+static LIVE_FRAMES: AtomicUsize = AtomicUsize::new(0);
+
+/// Frames from the host heap; a frame's "physical" address is its heap
+/// address, so `phys_to_virt` is the identity.
+///
+/// It keeps no per-allocation record: the layout of an allocation of `num`
+/// frames is a function of `num` alone ([`HeapFrames::layout`]), so a free
+/// needs only the address and count the page-table crates pass back. Frames
+/// are not zeroed; every walker zeroes its new tables itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeapFrames;
+
+impl HeapFrames {
+    /// The layout used for `num` frames: `num * 4096` bytes aligned to that
+    /// size rounded up to a power of two. `None` for zero frames or on
+    /// overflow.
+    pub fn layout(num: usize) -> Option<Layout> {
+        let size = num.checked_mul(FRAME_SIZE)?;
+        if size == 0 {
+            return None;
+        }
+        Layout::from_size_align(size, size.checked_next_power_of_two()?).ok()
+    }
+
+    /// Allocates `num` contiguous frames aligned to `align` and returns their
+    /// address. `None` if `align` is larger than [`HeapFrames::layout`]
+    /// gives for `num` (page tables ask for at most their own size), or when
+    /// the heap is exhausted.
+    pub fn alloc(num: usize, align: usize) -> Option<usize> {
+        let layout = Self::layout(num)?;
+        if align > layout.align() {
+            return None;
+        }
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc(layout) };
+        if ptr.is_null() {
+            return None;
+        }
+        LIVE_FRAMES.fetch_add(num, Ordering::Relaxed);
+        Some(ptr.expose_provenance())
+    }
+
+    /// Frees `num` frames at `pa`.
+    ///
+    /// # Safety
+    ///
+    /// `pa` and `num` must be exactly what one earlier [`HeapFrames::alloc`]
+    /// call returned and was passed, and the frames must not be freed twice
+    /// or used afterwards.
+    pub unsafe fn dealloc(pa: usize, num: usize) {
+        let Some(layout) = Self::layout(num) else {
+            return;
+        };
+        LIVE_FRAMES.fetch_sub(num, Ordering::Relaxed);
+        // SAFETY: per this function's contract, `pa` came from `alloc` with
+        // the same `num`, hence the same layout, and is freed once.
+        unsafe { dealloc(Self::phys_to_virt(pa), layout) }
+    }
+
+    /// The pointer through which the frame at `pa` is accessed.
+    pub fn phys_to_virt(pa: usize) -> *mut u8 {
+        std::ptr::with_exposed_provenance_mut(pa)
+    }
+
+    /// Frames allocated and not yet freed, over every user.
+    pub fn live_frames() -> usize {
+        LIVE_FRAMES.load(Ordering::Relaxed)
+    }
+}
+
+/// Marsaglia's xorshift64 generator: fast, deterministic, good enough to
+/// scatter addresses.
+#[derive(Debug, Clone)]
+pub struct XorShift64(u64);
+
+impl XorShift64 {
+    /// A generator started from `seed` (zero, which xorshift cannot leave,
+    /// is replaced by a fixed non-zero value).
+    pub fn new(seed: u64) -> Self {
+        Self(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
+    }
+
+    /// The next value.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// `count` byte addresses in `[base, base + len)` from a xorshift generator
+/// seeded with `seed`; the same arguments always give the same addresses.
+///
+/// # Panics
+///
+/// If `len` is zero.
+pub fn random_addrs(base: usize, len: usize, count: usize, seed: u64) -> Vec<usize> {
+    assert!(len > 0, "empty range");
+    let mut rng = XorShift64::new(seed);
+    (0..count)
+        .map(|_| base + (rng.next() % len as u64) as usize)
+        .collect()
+}
