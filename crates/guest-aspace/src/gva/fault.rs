@@ -124,7 +124,10 @@ impl fmt::Display for GvaFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::BadConfig { field, value } => {
-                write!(f, "the guest's {field} = {value:#x} is not a valid translation setting")
+                write!(
+                    f,
+                    "the guest's {field} = {value:#x} is not a valid translation setting"
+                )
             }
             Self::NonCanonical { gva } => write!(
                 f,
@@ -137,14 +140,20 @@ impl fmt::Display for GvaFault {
                 gva.as_usize()
             ),
             Self::Reserved { level, entry } => {
-                write!(f, "guest entry {entry:#018x} at level {level} sets a reserved bit or encoding")
+                write!(
+                    f,
+                    "guest entry {entry:#018x} at level {level} sets a reserved bit or encoding"
+                )
             }
             Self::Misaligned { level, entry } => write!(
                 f,
                 "guest leaf {entry:#018x} at level {level} maps an address not aligned to its size"
             ),
             Self::AccessFlag { level, entry } => {
-                write!(f, "guest leaf {entry:#018x} at level {level} has its access flag clear")
+                write!(
+                    f,
+                    "guest leaf {entry:#018x} at level {level} has its access flag clear"
+                )
             }
             Self::TableNotInRam { level, gpa } => write!(
                 f,
@@ -187,25 +196,51 @@ mod tests {
 
     #[test]
     fn display_names_the_address_and_level() {
-        let e = GvaFault::NotPresent { level: 2, gva: GuestVirtAddr::from(0x7fff_1000) };
+        let e = GvaFault::NotPresent {
+            level: 2,
+            gva: GuestVirtAddr::from(0x7fff_1000),
+        };
         assert_eq!(
             e.to_string(),
             "guest-virtual address 0x7fff1000 is not mapped: invalid entry at level 2"
         );
-        let e = GvaFault::Reserved { level: 4, entry: 0x80 | 1 };
+        let e = GvaFault::Reserved {
+            level: 4,
+            entry: 0x80 | 1,
+        };
         assert!(e.to_string().contains("0x0000000000000081"), "{e}");
-        let e = GvaFault::BadConfig { field: "T0SZ", value: 12 };
-        assert_eq!(e.to_string(), "the guest's T0SZ = 0xc is not a valid translation setting");
+        let e = GvaFault::BadConfig {
+            field: "T0SZ",
+            value: 12,
+        };
+        assert_eq!(
+            e.to_string(),
+            "the guest's T0SZ = 0xc is not a valid translation setting"
+        );
     }
 
     #[test]
     fn level_and_error_kind() {
-        let e = GvaFault::TableNotInRam { level: 1, gpa: GuestPhysAddr::from(0x1000) };
+        let e = GvaFault::TableNotInRam {
+            level: 1,
+            gpa: GuestPhysAddr::from(0x1000),
+        };
         assert_eq!(e.level(), Some(1));
-        assert_eq!(axerrno::AxErrorKind::from(e), axerrno::AxErrorKind::BadAddress);
-        let e = GvaFault::NonCanonical { gva: GuestVirtAddr::from(0) };
+        assert_eq!(
+            axerrno::AxErrorKind::from(e),
+            axerrno::AxErrorKind::BadAddress
+        );
+        let e = GvaFault::NonCanonical {
+            gva: GuestVirtAddr::from(0),
+        };
         assert_eq!(e.level(), None);
-        let e = GvaFault::AccessFlag { level: 3, entry: 0x403 };
-        assert_eq!(axerrno::AxErrorKind::from(e), axerrno::AxErrorKind::BadState);
+        let e = GvaFault::AccessFlag {
+            level: 3,
+            entry: 0x403,
+        };
+        assert_eq!(
+            axerrno::AxErrorKind::from(e),
+            axerrno::AxErrorKind::BadState
+        );
     }
 }
