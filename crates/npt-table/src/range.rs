@@ -427,7 +427,33 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         let mut all_empty = true;
         let mut removed_leaves = 0;
         let leaf_size = F::leaf_size(level);
-        let mut pos = start;
+        if last {
+            // 4 KiB leaves: every entry in the (4 KiB aligned) range is
+            // wholly covered, so no splitting and no clipping.
+            let first = F::index(start, level);
+            let count = (end - start) >> shift;
+            for (i, idx) in (first..first + count).enumerate() {
+                let entry = table.get(idx);
+                if entry.kind(true) != EntryKind::Leaf {
+                    continue;
+                }
+                let gpa = start + (i << shift);
+                let new = op.leaf(gpa, PageSize::Size4K, gpa, gpa + size, entry);
+                if new.raw() == entry.raw() {
+                    all_empty = false;
+                    continue;
+                }
+                table.set(idx, new);
+                out.any = true;
+                if new.raw() == 0 {
+                    removed_leaves += 1;
+                    removed = true;
+                } else {
+                    all_empty = false;
+                }
+            }
+        }
+        let mut pos = if last { end } else { start };
         while pos < end {
             let entry_base = pos & !(size - 1);
             let entry_end = entry_base.saturating_add(size);
