@@ -23,7 +23,8 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// Builds a space over `window` from raw `[base, size, flags, map_type]`
     /// records. Kinds: 0 `MAP_ALLOC` (RAM), 1 `MAP_IDENTICAL`, 2
     /// `MAP_RESERVED` (identity pass-through), 3 MMIO (left unmapped for
-    /// emulation), 4 ROM (readable, executable if the flags say so). An
+    /// emulation), 4 ROM (readable, executable if the flags say so; a write
+    /// bit is ignored: ROM is never guest-writable). An
     /// error names the record's index and field.
     pub fn from_config(
         alloc: A,
@@ -42,7 +43,12 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     }
 
     /// Adds one checked record; errors carry `index`.
-    pub fn add_config(&mut self, index: usize, cfg: &RegionConfig, options: ConfigOptions) -> AspaceResult<TlbFlush> {
+    pub fn add_config(
+        &mut self,
+        index: usize,
+        cfg: &RegionConfig,
+        options: ConfigOptions,
+    ) -> AspaceResult<TlbFlush> {
         let flags = cfg.flags;
         let result = match cfg.map_type {
             MapType::Alloc => self.add_ram(cfg.base, cfg.size, flags, options.lazy_alloc),
@@ -55,13 +61,23 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         };
         result.map_err(|e| {
             let (field, error) = match e {
-                AspaceError::OutsideWindow { .. } => (ConfigField::Base, PlacementError::OutsideWindow),
-                AspaceError::Overlap { existing, .. } => (ConfigField::Base, PlacementError::Overlap(existing)),
+                AspaceError::OutsideWindow { .. } => {
+                    (ConfigField::Base, PlacementError::OutsideWindow)
+                }
+                AspaceError::Overlap { existing, .. } => {
+                    (ConfigField::Base, PlacementError::Overlap(existing))
+                }
                 AspaceError::NoMemory => (ConfigField::Size, PlacementError::NoMemory),
-                AspaceError::Table(npt_table::NptError::BadFlags(_)) => (ConfigField::Flags, PlacementError::Table),
+                AspaceError::Table(npt_table::NptError::BadFlags(_)) => {
+                    (ConfigField::Flags, PlacementError::Flags)
+                }
                 _ => (ConfigField::Base, PlacementError::Table),
             };
-            AspaceError::ConfigPlacement { index, field, error }
+            AspaceError::ConfigPlacement {
+                index,
+                field,
+                error,
+            }
         })
     }
 }

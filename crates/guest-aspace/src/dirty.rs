@@ -27,35 +27,50 @@ fn allow_not_mapped(r: Result<TlbFlush, NptError>) -> AspaceResult<TlbFlush> {
 }
 
 impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
-    /// Starts dirty logging on the region that starts at `gpa`.
+    /// Starts dirty logging on the region containing `gpa`. Not for MMIO
+    /// (device memory has no pages to migrate) or read-only regions.
     pub fn start_dirty_log(&mut self, gpa: GuestPhysAddr) -> AspaceResult<TlbFlush> {
-        let region = self.regions.get(&gpa.as_usize()).ok_or(AspaceError::NoRegion { gpa })?;
+        let region = self
+            .region_at(gpa.as_usize())
+            .ok_or(AspaceError::NoRegion { gpa })?;
         if region.dirty.is_some()
-            || region.backing == (Backing::Mmio { passthrough: None })
+            || matches!(region.backing, Backing::Mmio { .. })
             || !region.flags.contains(MappingFlags::WRITE)
         {
             return Err(AspaceError::WrongRegionState { gpa });
         }
         let (start, size) = (region.start, region.size);
         let mut flush = allow_not_mapped(self.table.split_region(start.into(), size))?;
-        flush.merge(allow_not_mapped(self.table.write_protect_region(start.into(), size))?);
+        flush.merge(allow_not_mapped(
+            self.table.write_protect_region(start.into(), size),
+        )?);
         if let Some(region) = self.regions.get_mut(&start) {
             region.dirty = Some(DirtyLog::new(size / PAGE));
         }
         Ok(flush)
     }
 
-    /// Copies the dirty bitmap of the region at `gpa` into `out` (bit `i`
-    /// for the page at `gpa + i * 4096`; `out` must hold one bit per page),
-    /// clears it, and write-protects the pages it named again.
+    /// Copies the dirty bitmap of the region containing `gpa` into `out`
+    /// (bit `i` for the page at region start `+ i * 4096`; `out` must hold
+    /// one bit per page, and words past the region's are zeroed), clears it,
+    /// and write-protects the pages it named again.
     pub fn collect_dirty(&mut self, gpa: GuestPhysAddr, out: &mut [u64]) -> AspaceResult<TlbFlush> {
-        let region = self.regions.get_mut(&gpa.as_usize()).ok_or(AspaceError::NoRegion { gpa })?;
+        let region = self
+            .region_at_mut(gpa.as_usize())
+            .ok_or(AspaceError::NoRegion { gpa })?;
         let (start, flags) = (region.start, region.flags);
         let pages = region.size / PAGE;
-        let log = region.dirty.as_mut().ok_or(AspaceError::WrongRegionState { gpa })?;
-        if out.len() * 64 < pages {
-            return Err(AspaceError::Table(NptError::FrameCount { expected: pages.div_ceil(64), given: out.len() }));
+        let log = region
+            .dirty
+            .as_mut()
+            .ok_or(AspaceError::WrongRegionState { gpa })?;
+        if out.len().saturating_mul(64) < pages {
+            return Err(AspaceError::BufferTooSmall {
+                needed: pages.div_ceil(64),
+                given: out.len(),
+            });
         }
+        out.fill(0);
         let bitmap = core::mem::replace(&mut log.bitmap, alloc::vec![0; pages.div_ceil(64)]);
         let mut flush = TlbFlush::none();
         for (w, (dst, word)) in out.iter_mut().zip(bitmap.iter()).enumerate() {
@@ -65,24 +80,36 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 let page = start + (w * 64 + bits.trailing_zeros() as usize) * PAGE;
                 bits &= bits - 1;
                 if self.table.translate(page.into()).is_some() {
-                    flush.merge(self.table.protect(page.into(), flags - MappingFlags::WRITE)?);
+                    flush.merge(
+                        self.table
+                            .protect(page.into(), flags - MappingFlags::WRITE)?,
+                    );
                 }
             }
         }
         Ok(flush)
     }
 
-    /// Stops dirty logging on the region at `gpa`: restores its permissions
-    /// and collapses owned huge backing into huge leaves again.
+    /// Stops dirty logging on the region containing `gpa`: restores its
+    /// permissions and collapses huge backing into huge leaves again.
     pub fn stop_dirty_log(&mut self, gpa: GuestPhysAddr) -> AspaceResult<TlbFlush> {
-        let region = self.regions.get_mut(&gpa.as_usize()).ok_or(AspaceError::NoRegion { gpa })?;
+        let region = self
+            .region_at_mut(gpa.as_usize())
+            .ok_or(AspaceError::NoRegion { gpa })?;
         if region.dirty.take().is_none() {
             return Err(AspaceError::WrongRegionState { gpa });
         }
         let (start, size, flags) = (region.start, region.size, region.flags);
-        let huge: alloc::vec::Vec<(usize, PageSize)> =
-            region.chunks.iter().filter(|(_, c)| c.size.is_huge()).map(|(g, c)| (*g, c.size)).collect();
-        let identical = matches!(region.backing, Backing::Identical | Backing::AllocIdentical | Backing::Linear { .. });
+        let huge: alloc::vec::Vec<(usize, PageSize)> = region
+            .chunks
+            .iter()
+            .filter(|(_, c)| c.size.is_huge())
+            .map(|(g, c)| (*g, c.size))
+            .collect();
+        let identical = matches!(
+            region.backing,
+            Backing::Identical | Backing::AllocIdentical | Backing::Linear { .. }
+        );
         let mut flush = allow_not_mapped(self.table.protect_region(start.into(), size, flags))?;
         let mut spans = huge;
         if identical {

@@ -56,6 +56,13 @@ pub enum AspaceError {
         /// Start of the region.
         gpa: GuestPhysAddr,
     },
+    /// A caller's buffer is too small.
+    BufferTooSmall {
+        /// Elements needed.
+        needed: usize,
+        /// Elements given.
+        given: usize,
+    },
     /// A config record is invalid.
     Config {
         /// Index of the record in the list.
@@ -83,6 +90,8 @@ pub enum PlacementError {
     OutsideWindow,
     /// Overlaps the region starting at this address.
     Overlap(GuestPhysAddr),
+    /// The flags give no access, or write without read.
+    Flags,
     /// The nested table refused it.
     Table,
     /// Out of frames.
@@ -103,7 +112,9 @@ impl fmt::Display for AspaceError {
         match *self {
             Self::Table(e) => write!(f, "nested table: {e}"),
             Self::ZeroSize => write!(f, "size is zero"),
-            Self::NotAligned { value, align } => write!(f, "{value:#x} is not aligned to {align:#x}"),
+            Self::NotAligned { value, align } => {
+                write!(f, "{value:#x} is not aligned to {align:#x}")
+            }
             Self::OutsideWindow { gpa, len } => write!(
                 f,
                 "[{:#x}, {:#x}) leaves the guest-physical window",
@@ -117,19 +128,39 @@ impl fmt::Display for AspaceError {
                 existing.as_usize()
             ),
             Self::NoRegion { gpa } => write!(f, "no region at {:#x}", gpa.as_usize()),
-            Self::NotRam { gpa } => write!(f, "{:#x} is not host-accessible guest RAM", gpa.as_usize()),
+            Self::NotRam { gpa } => {
+                write!(f, "{:#x} is not host-accessible guest RAM", gpa.as_usize())
+            }
             Self::CutsBacking { gpa } => {
-                write!(f, "{:#x} cuts a huge backing frame of an owned region", gpa.as_usize())
+                write!(
+                    f,
+                    "{:#x} cuts a huge backing frame of an owned region",
+                    gpa.as_usize()
+                )
             }
             Self::WrongRegionState { gpa } => {
-                write!(f, "the region at {:#x} is not in a state for this operation", gpa.as_usize())
+                write!(
+                    f,
+                    "the region at {:#x} is not in a state for this operation",
+                    gpa.as_usize()
+                )
+            }
+            Self::BufferTooSmall { needed, given } => {
+                write!(f, "buffer holds {given} elements, {needed} needed")
             }
             Self::Config { index, error } => write!(f, "memory_regions[{index}]: {error}"),
-            Self::ConfigPlacement { index, field, error } => {
+            Self::ConfigPlacement {
+                index,
+                field,
+                error,
+            } => {
                 write!(f, "memory_regions[{index}]: {field}: ")?;
                 match error {
                     PlacementError::OutsideWindow => write!(f, "outside the guest-physical window"),
-                    PlacementError::Overlap(at) => write!(f, "overlaps the region at {:#x}", at.as_usize()),
+                    PlacementError::Overlap(at) => {
+                        write!(f, "overlaps the region at {:#x}", at.as_usize())
+                    }
+                    PlacementError::Flags => write!(f, "no access, or write without read"),
                     PlacementError::Table => write!(f, "rejected by the nested table"),
                     PlacementError::NoMemory => write!(f, "out of memory"),
                 }
@@ -153,6 +184,7 @@ impl From<AspaceError> for axerrno::AxErrorKind {
             AspaceError::OutsideWindow { .. } => K::OutOfRange,
             AspaceError::WrongRegionState { .. } | AspaceError::CutsBacking { .. } => K::BadState,
             AspaceError::ZeroSize
+            | AspaceError::BufferTooSmall { .. }
             | AspaceError::NotAligned { .. }
             | AspaceError::Config { .. }
             | AspaceError::ConfigPlacement { .. } => K::InvalidInput,

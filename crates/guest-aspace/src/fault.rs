@@ -68,7 +68,11 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// Handles a second-stage fault at `gpa`. Never allocates for a
     /// permission violation; allocates one zeroed 4 KiB frame for a first
     /// touch of lazy RAM.
-    pub fn handle_fault(&mut self, gpa: GuestPhysAddr, access: Access) -> AspaceResult<FaultOutcome> {
+    pub fn handle_fault(
+        &mut self,
+        gpa: GuestPhysAddr,
+        access: Access,
+    ) -> AspaceResult<FaultOutcome> {
         let addr = gpa.as_usize();
         let Some(region) = self.region_at(addr) else {
             return Ok(FaultOutcome::Unmapped { gpa });
@@ -77,10 +81,17 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             return Ok(FaultOutcome::Mmio { gpa, access });
         }
         if !region.flags.contains(access.needs()) {
-            return Ok(FaultOutcome::Violation { gpa, access, kind: region.backing.kind() });
+            return Ok(FaultOutcome::Violation {
+                gpa,
+                access,
+                kind: region.backing.kind(),
+            });
         }
-        let (flags, logging, lazy) =
-            (region.flags, region.dirty.is_some(), matches!(region.backing, Backing::Alloc { lazy: true }));
+        let (flags, logging, lazy) = (
+            region.flags,
+            region.dirty.is_some(),
+            matches!(region.backing, Backing::Alloc { lazy: true }),
+        );
         let page = addr & !(PAGE - 1);
         match self.table.query(GuestPhysAddr::from_usize(page)) {
             Ok(t) => {
@@ -91,7 +102,9 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 }
                 Ok(FaultOutcome::Fixed(TlbFlush::none()))
             }
-            Err(_) if lazy => Ok(FaultOutcome::Fixed(self.populate_page(page, access == Access::Write)?)),
+            Err(_) if lazy => Ok(FaultOutcome::Fixed(
+                self.populate_page(page, access == Access::Write)?,
+            )),
             Err(_) => Ok(FaultOutcome::Unmapped { gpa }),
         }
     }
@@ -100,14 +113,19 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// logging is on the page is mapped without write permission unless
     /// `dirty`, in which case it is marked dirty.
     pub(crate) fn populate_page(&mut self, page: usize, dirty: bool) -> AspaceResult<TlbFlush> {
-        let region = self.region_at(page).ok_or(AspaceError::NoRegion { gpa: page.into() })?;
+        let region = self
+            .region_at(page)
+            .ok_or(AspaceError::NoRegion { gpa: page.into() })?;
         let mut flags = region.flags;
         if region.dirty.is_some() && !dirty {
             flags -= MappingFlags::WRITE;
         }
         let alloc = self.table.allocator();
         let hpa = alloc.alloc_frame().ok_or(AspaceError::NoMemory)?;
-        let chunk = Chunk { hpa, size: PageSize::Size4K };
+        let chunk = Chunk {
+            hpa,
+            size: PageSize::Size4K,
+        };
         crate::memory::zero_chunk(alloc, chunk);
         let flush = match self.table.map(page.into(), hpa, PageSize::Size4K, flags) {
             Ok(f) => f,

@@ -42,11 +42,21 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// Checks that every byte of `[gpa, gpa + len)` is host-accessible for
     /// `purpose`; returns the start of each lazy page not yet populated
     /// through `missing`.
-    fn check_access(&self, gpa: usize, len: usize, purpose: Purpose, mut missing: impl FnMut(usize)) -> AspaceResult<()> {
-        let end = gpa.checked_add(len).ok_or(AspaceError::NotRam { gpa: gpa.into() })?;
+    fn check_access(
+        &self,
+        gpa: usize,
+        len: usize,
+        purpose: Purpose,
+        mut missing: impl FnMut(usize),
+    ) -> AspaceResult<()> {
+        let end = gpa
+            .checked_add(len)
+            .ok_or(AspaceError::NotRam { gpa: gpa.into() })?;
         let mut pos = gpa;
         while pos < end {
-            let region = self.region_at(pos).ok_or(AspaceError::NotRam { gpa: pos.into() })?;
+            let region = self
+                .region_at(pos)
+                .ok_or(AspaceError::NotRam { gpa: pos.into() })?;
             let ok = match region.backing {
                 Backing::Alloc { .. } | Backing::AllocIdentical => true,
                 Backing::Rom => purpose != Purpose::Write,

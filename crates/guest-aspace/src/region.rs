@@ -86,7 +86,25 @@ pub(crate) struct DirtyLog {
 
 impl DirtyLog {
     pub(crate) fn new(pages: usize) -> Self {
-        Self { bitmap: alloc::vec![0; pages.div_ceil(64)] }
+        Self {
+            bitmap: alloc::vec![0; pages.div_ceil(64)],
+        }
+    }
+
+    /// The log of `pages` pages starting at page `first` of this one.
+    pub(crate) fn slice(&self, first: usize, pages: usize) -> Self {
+        let mut out = Self::new(pages);
+        for page in 0..pages {
+            let src = first + page;
+            let set = self
+                .bitmap
+                .get(src / 64)
+                .is_some_and(|w| w & (1 << (src % 64)) != 0);
+            if set {
+                out.mark(page);
+            }
+        }
+        out
     }
 
     pub(crate) fn mark(&mut self, page: usize) {
@@ -115,7 +133,10 @@ impl Region {
 
     pub(crate) fn info(&self) -> RegionInfo {
         RegionInfo {
-            range: GuestPhysAddrRange::from_start_size(GuestPhysAddr::from_usize(self.start), self.size),
+            range: GuestPhysAddrRange::from_start_size(
+                GuestPhysAddr::from_usize(self.start),
+                self.size,
+            ),
             flags: self.flags,
             backing: self.backing,
             populated: self.chunks.values().map(|c| c.size.bytes()).sum(),
@@ -129,7 +150,9 @@ impl Region {
         match self.backing {
             Backing::Identical => Some(HostPhysAddr::from_usize(gpa)),
             Backing::Linear { hpa } => Some(hpa + off),
-            Backing::Mmio { passthrough: Some(hpa) } => Some(hpa + off),
+            Backing::Mmio {
+                passthrough: Some(hpa),
+            } => Some(hpa + off),
             _ => None,
         }
     }

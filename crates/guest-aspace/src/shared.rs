@@ -36,7 +36,9 @@ pub struct SharedAddrSpace<F: NptFormat, A: FrameAllocator> {
 impl<F: NptFormat, A: FrameAllocator> SharedAddrSpace<F, A> {
     /// Wraps a space.
     pub fn new(space: GuestAddrSpace<F, A>) -> Self {
-        Self { inner: RwLock::new(space) }
+        Self {
+            inner: RwLock::new(space),
+        }
     }
 
     /// Shared access (translations, reads).

@@ -88,11 +88,17 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         }
         for v in [start, end] {
             if v % PAGE != 0 {
-                return Err(AspaceError::NotAligned { value: v, align: PAGE });
+                return Err(AspaceError::NotAligned {
+                    value: v,
+                    align: PAGE,
+                });
             }
         }
         if end as u64 > F::GPA_LIMIT {
-            return Err(AspaceError::OutsideWindow { gpa: window.start, len: end - start });
+            return Err(AspaceError::OutsideWindow {
+                gpa: window.start,
+                len: end - start,
+            });
         }
         Ok(Self {
             table: NestedPageTable::new(alloc)?,
@@ -150,7 +156,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     }
 
     /// Whether regions cover all of `[gpa, gpa + len)` (possibly several
-    /// adjacent ones).
+    /// adjacent ones). An empty range is covered wherever it is.
     pub fn contains_range(&self, gpa: GuestPhysAddr, len: usize) -> bool {
         let Some(end) = gpa.as_usize().checked_add(len) else {
             return false;
@@ -172,24 +178,46 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         }
         for v in [gpa, size] {
             if v % PAGE != 0 {
-                return Err(AspaceError::NotAligned { value: v, align: PAGE });
+                return Err(AspaceError::NotAligned {
+                    value: v,
+                    align: PAGE,
+                });
             }
         }
-        let outside = AspaceError::OutsideWindow { gpa: gpa.into(), len: size };
+        let outside = AspaceError::OutsideWindow {
+            gpa: gpa.into(),
+            len: size,
+        };
         let end = gpa.checked_add(size).ok_or(outside)?;
         if gpa < self.window.0 || end > self.window.1 {
             return Err(outside);
         }
         if let Some((&s, r)) = self.regions.range(..end).next_back() {
             if r.end() > gpa {
-                return Err(AspaceError::Overlap { gpa: gpa.into(), existing: s.into() });
+                return Err(AspaceError::Overlap {
+                    gpa: gpa.into(),
+                    existing: s.into(),
+                });
             }
         }
         Ok(end)
     }
 
-    fn insert(&mut self, start: usize, size: usize, flags: MappingFlags, backing: Backing) -> &mut Region {
-        let region = Region { start, size, flags, backing, chunks: BTreeMap::new(), dirty: None };
+    fn insert(
+        &mut self,
+        start: usize,
+        size: usize,
+        flags: MappingFlags,
+        backing: Backing,
+    ) -> &mut Region {
+        let region = Region {
+            start,
+            size,
+            flags,
+            backing,
+            chunks: BTreeMap::new(),
+            dirty: None,
+        };
         self.regions.entry(start).or_insert(region)
     }
 
@@ -199,7 +227,13 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// populated now, with 1 GiB/2 MiB frames and leaves where the GPA
     /// alignment, the format and the allocator allow; lazy RAM on faults.
     /// Frames are zeroed before the guest can see them.
-    pub fn add_ram(&mut self, gpa: GuestPhysAddr, size: usize, flags: MappingFlags, lazy: bool) -> AspaceResult<TlbFlush> {
+    pub fn add_ram(
+        &mut self,
+        gpa: GuestPhysAddr,
+        size: usize,
+        flags: MappingFlags,
+        lazy: bool,
+    ) -> AspaceResult<TlbFlush> {
         self.add_owned(gpa.as_usize(), size, flags, Backing::Alloc { lazy })
     }
 
@@ -207,7 +241,12 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// executable if asked. Load it with [`GuestAddrSpace::load_image`];
     /// guest writes fault and [`GuestAddrSpace::handle_fault`] reports them
     /// as violations.
-    pub fn add_rom(&mut self, gpa: GuestPhysAddr, size: usize, executable: bool) -> AspaceResult<TlbFlush> {
+    pub fn add_rom(
+        &mut self,
+        gpa: GuestPhysAddr,
+        size: usize,
+        executable: bool,
+    ) -> AspaceResult<TlbFlush> {
         let mut flags = MappingFlags::READ;
         if executable {
             flags |= MappingFlags::EXECUTE;
@@ -215,11 +254,21 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         self.add_owned(gpa.as_usize(), size, flags, Backing::Rom)
     }
 
-    fn add_owned(&mut self, gpa: usize, size: usize, flags: MappingFlags, backing: Backing) -> AspaceResult<TlbFlush> {
+    fn add_owned(
+        &mut self,
+        gpa: usize,
+        size: usize,
+        flags: MappingFlags,
+        backing: Backing,
+    ) -> AspaceResult<TlbFlush> {
         self.check_free(gpa, size)?;
         npt_entry::check_flags(flags).map_err(|e| AspaceError::Table(e.into()))?;
         let lazy = matches!(backing, Backing::Alloc { lazy: true });
-        let chunks = if lazy { Vec::new() } else { self.alloc_chunks(gpa, size)? };
+        let chunks = if lazy {
+            Vec::new()
+        } else {
+            self.alloc_chunks(gpa, size)?
+        };
         let flush = self.map_owned(gpa, &chunks, flags)?;
         let region = self.insert(gpa, size, flags, backing);
         for (g, c) in &chunks {
@@ -232,11 +281,17 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     }
 
     /// Maps owned chunks in one all-or-nothing step; frees them on failure.
-    pub(crate) fn map_owned(&mut self, gpa: usize, chunks: &[(usize, Chunk)], flags: MappingFlags) -> AspaceResult<TlbFlush> {
+    pub(crate) fn map_owned(
+        &mut self,
+        gpa: usize,
+        chunks: &[(usize, Chunk)],
+        flags: MappingFlags,
+    ) -> AspaceResult<TlbFlush> {
         if chunks.is_empty() {
             return Ok(TlbFlush::none());
         }
-        let list: Vec<(HostPhysAddr, PageSize)> = chunks.iter().map(|(_, c)| (c.hpa, c.size)).collect();
+        let list: Vec<(HostPhysAddr, PageSize)> =
+            chunks.iter().map(|(_, c)| (c.hpa, c.size)).collect();
         match self.table.map_chunks(gpa.into(), &list, flags) {
             Ok(flush) => Ok(flush),
             Err(e) => {
@@ -248,7 +303,11 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
 
     /// Allocates zeroed backing for `[gpa, gpa + size)`, largest frames
     /// first. All or nothing.
-    pub(crate) fn alloc_chunks(&self, gpa: usize, size: usize) -> AspaceResult<Vec<(usize, Chunk)>> {
+    pub(crate) fn alloc_chunks(
+        &self,
+        gpa: usize,
+        size: usize,
+    ) -> AspaceResult<Vec<(usize, Chunk)>> {
         let alloc = self.table.allocator();
         let mut chunks: Vec<(usize, Chunk)> = Vec::new();
         let mut can = [true; 2]; // 1 GiB, 2 MiB still worth trying
@@ -257,7 +316,12 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         while pos < end {
             let mut got = None;
             for (i, page) in [PageSize::Size1G, PageSize::Size2M].into_iter().enumerate() {
-                if can[i] && page <= F::MAX_LEAF && F::level_of(page).is_some() && page.is_aligned(pos) && end - pos >= page.bytes() {
+                if can[i]
+                    && page <= F::MAX_LEAF
+                    && F::level_of(page).is_some()
+                    && page.is_aligned(pos)
+                    && end - pos >= page.bytes()
+                {
                     match alloc.alloc_frames(page.bytes() / PAGE, page.bytes()) {
                         Some(hpa) => {
                             got = Some(Chunk { hpa, size: page });
@@ -270,7 +334,10 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             let chunk = match got {
                 Some(c) => c,
                 None => match alloc.alloc_frame() {
-                    Some(hpa) => Chunk { hpa, size: PageSize::Size4K },
+                    Some(hpa) => Chunk {
+                        hpa,
+                        size: PageSize::Size4K,
+                    },
                     None => {
                         self.free_chunks(chunks.into_iter().map(|(_, c)| c));
                         return Err(AspaceError::NoMemory);
@@ -294,52 +361,107 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// Adds a pass-through region with GPA == HPA (`MAP_IDENTICAL` of
     /// existing host memory, `MAP_RESERVED`). The space does not own or free
     /// the frames and does not access them from the host.
-    pub fn add_identical(&mut self, gpa: GuestPhysAddr, size: usize, flags: MappingFlags) -> AspaceResult<TlbFlush> {
-        self.add_passthrough(gpa.as_usize(), HostPhysAddr::from_usize(gpa.as_usize()), size, flags, Backing::Identical)
+    pub fn add_identical(
+        &mut self,
+        gpa: GuestPhysAddr,
+        size: usize,
+        flags: MappingFlags,
+    ) -> AspaceResult<TlbFlush> {
+        self.add_passthrough(
+            gpa.as_usize(),
+            HostPhysAddr::from_usize(gpa.as_usize()),
+            size,
+            flags,
+            Backing::Identical,
+        )
     }
 
     /// Adds a pass-through region mapping `gpa + x` to `hpa + x` (shared
     /// memory); not owned.
-    pub fn add_linear(&mut self, gpa: GuestPhysAddr, hpa: HostPhysAddr, size: usize, flags: MappingFlags) -> AspaceResult<TlbFlush> {
+    pub fn add_linear(
+        &mut self,
+        gpa: GuestPhysAddr,
+        hpa: HostPhysAddr,
+        size: usize,
+        flags: MappingFlags,
+    ) -> AspaceResult<TlbFlush> {
         self.add_passthrough(gpa.as_usize(), hpa, size, flags, Backing::Linear { hpa })
     }
 
     /// Adds device space: unmapped (`passthrough: None`), so accesses exit and
     /// [`GuestAddrSpace::handle_fault`] reports them as MMIO; or mapped
     /// read/write to a host device range with the device memory type.
-    pub fn add_mmio(&mut self, gpa: GuestPhysAddr, size: usize, passthrough: Option<HostPhysAddr>) -> AspaceResult<TlbFlush> {
+    pub fn add_mmio(
+        &mut self,
+        gpa: GuestPhysAddr,
+        size: usize,
+        passthrough: Option<HostPhysAddr>,
+    ) -> AspaceResult<TlbFlush> {
         let flags = MappingFlags::READ | MappingFlags::WRITE | MappingFlags::DEVICE;
         match passthrough {
-            Some(hpa) => self.add_passthrough(gpa.as_usize(), hpa, size, flags, Backing::Mmio { passthrough }),
+            Some(hpa) => self.add_passthrough(
+                gpa.as_usize(),
+                hpa,
+                size,
+                flags,
+                Backing::Mmio { passthrough },
+            ),
             None => {
                 self.check_free(gpa.as_usize(), size)?;
-                self.insert(gpa.as_usize(), size, flags, Backing::Mmio { passthrough: None });
+                self.insert(
+                    gpa.as_usize(),
+                    size,
+                    flags,
+                    Backing::Mmio { passthrough: None },
+                );
                 Ok(TlbFlush::none())
             }
         }
     }
 
-    fn add_passthrough(&mut self, gpa: usize, hpa: HostPhysAddr, size: usize, flags: MappingFlags, backing: Backing) -> AspaceResult<TlbFlush> {
+    fn add_passthrough(
+        &mut self,
+        gpa: usize,
+        hpa: HostPhysAddr,
+        size: usize,
+        flags: MappingFlags,
+        backing: Backing,
+    ) -> AspaceResult<TlbFlush> {
         self.check_free(gpa, size)?;
-        let flush = self.table.map_region(gpa.into(), hpa, size, flags, MapPolicy::Huge)?;
+        let flush = self
+            .table
+            .map_region(gpa.into(), hpa, size, flags, MapPolicy::Huge)?;
         self.insert(gpa, size, flags, backing);
         Ok(flush)
     }
 
     /// Allocates `size` bytes of contiguous host memory and places it at
     /// GPA == its HPA (AxVisor's `MAP_IDENTICAL`); the space owns it. The
-    /// frames are aligned to 2 MiB when `size` allows, for large leaves.
+    /// frames are aligned to 1 GiB or 2 MiB when `size` allows, for large
+    /// leaves.
     /// Returns the GPA chosen.
-    pub fn add_identical_alloc(&mut self, size: usize, flags: MappingFlags) -> AspaceResult<(GuestPhysAddr, TlbFlush)> {
+    pub fn add_identical_alloc(
+        &mut self,
+        size: usize,
+        flags: MappingFlags,
+    ) -> AspaceResult<(GuestPhysAddr, TlbFlush)> {
         if size == 0 {
             return Err(AspaceError::ZeroSize);
         }
         if size % PAGE != 0 {
-            return Err(AspaceError::NotAligned { value: size, align: PAGE });
+            return Err(AspaceError::NotAligned {
+                value: size,
+                align: PAGE,
+            });
         }
-        let align = if size >= PageSize::Size2M.bytes() { PageSize::Size2M.bytes() } else { PAGE };
+        let align = [PageSize::Size1G, PageSize::Size2M]
+            .into_iter()
+            .find(|p| size >= p.bytes() && *p <= F::MAX_LEAF)
+            .map_or(PAGE, PageSize::bytes);
         let alloc = self.table.allocator();
-        let hpa = alloc.alloc_frames(size / PAGE, align).ok_or(AspaceError::NoMemory)?;
+        let hpa = alloc
+            .alloc_frames(size / PAGE, align)
+            .ok_or(AspaceError::NoMemory)?;
         let free = |s: &Self| s.table.allocator().dealloc_frames(hpa, size / PAGE);
         crate::memory::zero_bytes(alloc, hpa, size);
         let gpa = hpa.as_usize();
@@ -347,7 +469,10 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             free(self);
             return Err(e);
         }
-        let flush = match self.table.map_region(gpa.into(), hpa, size, flags, MapPolicy::Huge) {
+        let flush = match self
+            .table
+            .map_region(gpa.into(), hpa, size, flags, MapPolicy::Huge)
+        {
             Ok(f) => f,
             Err(e) => {
                 free(self);
@@ -373,10 +498,15 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         }
         for v in [start, len] {
             if v % PAGE != 0 {
-                return Err(AspaceError::NotAligned { value: v, align: PAGE });
+                return Err(AspaceError::NotAligned {
+                    value: v,
+                    align: PAGE,
+                });
             }
         }
-        let end = start.checked_add(len).ok_or(AspaceError::OutsideWindow { gpa, len })?;
+        let end = start
+            .checked_add(len)
+            .ok_or(AspaceError::OutsideWindow { gpa, len })?;
         if !self.contains_range(gpa, len) {
             let mut pos = start;
             while let Some(r) = self.region_at(pos) {
@@ -405,13 +535,22 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             Err(e) => return Err(e.into()),
         };
         // Then update the bookkeeping, which cannot fail.
-        let starts: Vec<usize> = self.regions.range(..end).filter(|(_, r)| r.end() > start).map(|(s, _)| *s).collect();
+        let starts: Vec<usize> = self
+            .regions
+            .range(..end)
+            .filter(|(_, r)| r.end() > start)
+            .map(|(s, _)| *s)
+            .collect();
         for s in starts {
-            let Some(mut region) = self.regions.remove(&s) else { continue };
+            let Some(mut region) = self.regions.remove(&s) else {
+                continue;
+            };
             let (lo, hi) = (start.max(region.start), end.min(region.end()));
             if region.backing == Backing::AllocIdentical {
                 self.reverse.remove(&region.start);
-                self.table.allocator().dealloc_frames(region.start.into(), region.size / PAGE);
+                self.table
+                    .allocator()
+                    .dealloc_frames(region.start.into(), region.size / PAGE);
                 continue;
             }
             let inside: Vec<usize> = region.chunks.range(lo..hi).map(|(g, _)| *g).collect();
@@ -425,10 +564,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 let mut left = region.clone();
                 left.size = lo - region.start;
                 left.chunks = region.chunks.range(..lo).map(|(g, c)| (*g, *c)).collect();
-                left.dirty = left.dirty.take().map(|mut d| {
-                    d.bitmap.truncate(left.size / PAGE / 64 + 1);
-                    d
-                });
+                left.dirty = region.dirty.as_ref().map(|d| d.slice(0, left.size / PAGE));
                 self.regions.insert(left.start, left);
             }
             if hi < region.end() {
@@ -437,12 +573,22 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 right.size = region.end() - hi;
                 right.chunks = region.chunks.range(hi..).map(|(g, c)| (*g, *c)).collect();
                 if let Backing::Linear { hpa } = region.backing {
-                    right.backing = Backing::Linear { hpa: hpa + (hi - region.start) };
+                    right.backing = Backing::Linear {
+                        hpa: hpa + (hi - region.start),
+                    };
                 }
-                if let Backing::Mmio { passthrough: Some(hpa) } = region.backing {
-                    right.backing = Backing::Mmio { passthrough: Some(hpa + (hi - region.start)) };
+                if let Backing::Mmio {
+                    passthrough: Some(hpa),
+                } = region.backing
+                {
+                    right.backing = Backing::Mmio {
+                        passthrough: Some(hpa + (hi - region.start)),
+                    };
                 }
-                right.dirty = region.dirty.as_ref().map(|_| crate::region::DirtyLog::new(right.size / PAGE));
+                right.dirty = region
+                    .dirty
+                    .as_ref()
+                    .map(|d| d.slice((hi - region.start) / PAGE, right.size / PAGE));
                 self.regions.insert(right.start, right);
             }
         }
@@ -466,7 +612,9 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         let regions = core::mem::take(&mut self.regions);
         for region in regions.into_values() {
             if region.backing == Backing::AllocIdentical {
-                self.table.allocator().dealloc_frames(region.start.into(), region.size / PAGE);
+                self.table
+                    .allocator()
+                    .dealloc_frames(region.start.into(), region.size / PAGE);
             }
             self.free_chunks(region.chunks.into_values());
         }
@@ -483,23 +631,40 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
 
     /// What `gpa` maps to, with the region kind.
     pub fn query(&self, gpa: GuestPhysAddr) -> AspaceResult<GpaInfo> {
-        let region = self.region_at(gpa.as_usize()).ok_or(AspaceError::NoRegion { gpa })?;
+        let region = self
+            .region_at(gpa.as_usize())
+            .ok_or(AspaceError::NoRegion { gpa })?;
         let t = self.table.query(gpa)?;
-        Ok(GpaInfo { hpa: t.hpa, flags: t.flags, page_size: t.size, kind: region.backing.kind() })
+        Ok(GpaInfo {
+            hpa: t.hpa,
+            flags: t.flags,
+            page_size: t.size,
+            kind: region.backing.kind(),
+        })
     }
 
     /// The host pieces backing `[gpa, gpa + len)`, merged where contiguous.
     /// Fails with [`AspaceError::NotRam`] at the first unmapped address.
     pub fn translate_range(&self, gpa: GuestPhysAddr, len: usize) -> AspaceResult<Vec<HostChunk>> {
         let mut out: Vec<HostChunk> = Vec::new();
-        let end = gpa.as_usize().checked_add(len).ok_or(AspaceError::OutsideWindow { gpa, len })?;
+        let end = gpa
+            .as_usize()
+            .checked_add(len)
+            .ok_or(AspaceError::OutsideWindow { gpa, len })?;
         let mut pos = gpa.as_usize();
         while pos < end {
-            let t = self.table.query(pos.into()).map_err(|_| AspaceError::NotRam { gpa: pos.into() })?;
+            let t = self
+                .table
+                .query(pos.into())
+                .map_err(|_| AspaceError::NotRam { gpa: pos.into() })?;
             let n = (t.size.bytes() - t.size.offset(pos)).min(end - pos);
             match out.last_mut() {
                 Some(last) if last.hpa.as_usize() + last.len == t.hpa.as_usize() => last.len += n,
-                _ => out.push(HostChunk { gpa: pos.into(), hpa: t.hpa, len: n }),
+                _ => out.push(HostChunk {
+                    gpa: pos.into(),
+                    hpa: t.hpa,
+                    len: n,
+                }),
             }
             pos += n;
         }
@@ -514,12 +679,17 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             if h < start + len {
                 let g = gpa + (h - start);
                 // Lazy or removed pages are not mapped.
-                return self.table.translate(g.into()).filter(|t| *t == hpa).map(|_| g.into());
+                return self
+                    .table
+                    .translate(g.into())
+                    .filter(|t| *t == hpa)
+                    .map(|_| g.into());
             }
         }
         self.regions.values().find_map(|r| {
             let base = r.passthrough_hpa(r.start)?.as_usize();
-            (h >= base && h < base + r.size).then(|| GuestPhysAddr::from_usize(r.start + (h - base)))
+            (h >= base && h < base + r.size)
+                .then(|| GuestPhysAddr::from_usize(r.start + (h - base)))
         })
     }
 }

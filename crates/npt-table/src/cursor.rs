@@ -115,44 +115,57 @@ impl<F: NptFormat, A: FrameAllocator> Cursor<'_, F, A> {
     }
 
     /// [`NestedPageTable::translate_batch`] through this cursor.
+    ///
+    /// Software-pipelined: the walk of `gpas[j]` runs down to its last-level
+    /// table and prefetches the entry, and the entry is read only when
+    /// `gpas[j + AHEAD]` has been started, so up to `AHEAD` misses on leaf
+    /// tables are in flight at once.
     pub fn translate_batch(&mut self, gpas: &[GuestPhysAddr], out: &mut [Option<HostPhysAddr>]) {
-        const GROUP: usize = 8;
-        for (gpas, out) in gpas.chunks(GROUP).zip(out.chunks_mut(GROUP)) {
-            let mut lanes = [(0usize, 0usize, self.dir); GROUP];
-            let mut lowest = F::LEVELS;
-            for ((lane, gpa), o) in lanes.iter_mut().zip(gpas).zip(out.iter_mut()) {
-                *o = None;
-                let addr = gpa.as_usize();
-                if (addr as u64) < F::GPA_LIMIT {
-                    let (table, level) = self.start(addr);
-                    *lane = (addr, level, table);
-                    lowest = lowest.min(level);
-                } else {
-                    lane.1 = usize::MAX;
+        const AHEAD: usize = 16;
+        const LAST_LEVEL_SIZE: usize = PageSize::Size4K.bytes();
+        let n = gpas.len().min(out.len());
+        let (gpas, out) = (&gpas[..n], &mut out[..n]);
+        let mut pending: [(usize, Option<TableRef<F::Entry>>); AHEAD] = [(0, None); AHEAD];
+        for j in 0..n + AHEAD {
+            let slot = j % AHEAD;
+            if j >= AHEAD {
+                if let ((addr, Some(table)), Some(o)) = (pending[slot], out.get_mut(j - AHEAD)) {
+                    let entry = table.get(F::index(addr, F::LEVELS - 1));
+                    *o = (entry.kind(true) == EntryKind::Leaf).then(|| {
+                        let base: usize = entry.paddr().into();
+                        HostPhysAddr::from_usize(base + (addr & (LAST_LEVEL_SIZE - 1)))
+                    });
+                }
+                pending[slot] = (0, None);
+            }
+            let (Some(gpa), Some(o)) = (gpas.get(j), out.get_mut(j)) else {
+                continue;
+            };
+            let addr = gpa.as_usize();
+            *o = None;
+            if addr as u64 >= F::GPA_LIMIT {
+                continue;
+            }
+            let (mut table, mut level) = self.start(addr);
+            while level < F::LEVELS - 1 {
+                match self.step(addr, level, table) {
+                    Step::Done(found) => {
+                        *o = found.and_then(|(entry, level)| {
+                            let size = F::leaf_size(level)?;
+                            let base: usize = entry.paddr().into();
+                            Some(HostPhysAddr::from_usize(base + size.offset(addr)))
+                        });
+                        break;
+                    }
+                    Step::Next(child) => {
+                        table = child;
+                        level += 1;
+                    }
                 }
             }
-            // Lanes at the same level take their step together, so their
-            // loads overlap.
-            for level in lowest..F::LEVELS {
-                for (lane, o) in lanes.iter_mut().zip(out.iter_mut()) {
-                    if lane.1 != level {
-                        continue;
-                    }
-                    match self.step(lane.0, level, lane.2) {
-                        Step::Done(found) => {
-                            lane.1 = usize::MAX;
-                            *o = found.and_then(|(entry, level)| {
-                                let size = F::leaf_size(level)?;
-                                let base: usize = entry.paddr().into();
-                                Some(HostPhysAddr::from_usize(base + size.offset(lane.0)))
-                            });
-                        }
-                        Step::Next(child) => {
-                            lane.1 = level + 1;
-                            lane.2 = child;
-                        }
-                    }
-                }
+            if level == F::LEVELS - 1 {
+                table.prefetch(F::index(addr, level));
+                pending[slot] = (addr, Some(table));
             }
         }
     }

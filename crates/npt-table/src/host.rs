@@ -1,7 +1,7 @@
 //! Host-side frame allocators for tests, examples and benchmarks (feature
 //! `std`): heap-backed frames with a live count, and fault injection.
 
-use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::alloc::{Layout, alloc, dealloc};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -49,7 +49,7 @@ impl HostFrameAllocator {
 }
 
 // SAFETY: frames come from the global allocator with the requested size and
-// alignment, zeroed, and are exclusively the caller's until freed. The
+// alignment (not zeroed: tables and address spaces zero what they use), and are exclusively the caller's until freed. The
 // address is the pointer's exposed address, and `phys_to_virt` turns it
 // back into that pointer, so offsets carry over.
 unsafe impl FrameAllocator for HostFrameAllocator {
@@ -60,7 +60,7 @@ unsafe impl FrameAllocator for HostFrameAllocator {
         let layout =
             Layout::from_size_align(count.checked_mul(FRAME_SIZE)?, align.max(FRAME_SIZE)).ok()?;
         // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { alloc_zeroed(layout) };
+        let ptr = unsafe { alloc(layout) };
         if ptr.is_null() {
             return None;
         }

@@ -505,20 +505,37 @@ fn sv48x4_decodes_and_splits_512g_leaves() {
     let alloc = HostFrameAllocator::new();
     let mut t = NestedPageTable::<Sv48x4, _>::new(&alloc).unwrap();
     // Huge policy never creates 512 GiB leaves unless asked for.
-    t.map_region(gpa(G512), hpa(G512), G512, RW, MapPolicy::Huge).unwrap().ignore();
+    t.map_region(gpa(G512), hpa(G512), G512, RW, MapPolicy::Huge)
+        .unwrap()
+        .ignore();
     assert_eq!(t.stats().leaves_of(PageSize::Size1G), 512);
     t.unmap_region(gpa(G512), G512).unwrap().ignore();
-    t.map(gpa(G512), hpa(2 * G512), PageSize::Size512G, RW).unwrap().ignore();
+    t.map(gpa(G512), hpa(2 * G512), PageSize::Size512G, RW)
+        .unwrap()
+        .ignore();
     let q = t.query(gpa(G512 + 0x1234_5678)).unwrap();
-    assert_eq!((q.hpa, q.size), (hpa(2 * G512 + 0x1234_5678), PageSize::Size512G));
+    assert_eq!(
+        (q.hpa, q.size),
+        (hpa(2 * G512 + 0x1234_5678), PageSize::Size512G)
+    );
     // Cutting one 4 KiB page out of it splits 512G -> 1G -> 2M -> 4K.
-    t.unmap_region(gpa(G512 + G1 + M2 + K4), K4).unwrap().ignore();
+    t.unmap_region(gpa(G512 + G1 + M2 + K4), K4)
+        .unwrap()
+        .ignore();
     let s = t.stats();
     assert_eq!(
-        (s.leaves_of(PageSize::Size512G), s.leaves_of(PageSize::Size1G), s.leaves_of(PageSize::Size2M), s.leaves_of(PageSize::Size4K)),
+        (
+            s.leaves_of(PageSize::Size512G),
+            s.leaves_of(PageSize::Size1G),
+            s.leaves_of(PageSize::Size2M),
+            s.leaves_of(PageSize::Size4K)
+        ),
         (0, 511, 511, 511)
     );
-    assert_eq!(t.translate(gpa(G512 + G1 + M2 + 2 * K4)), Some(hpa(2 * G512 + G1 + M2 + 2 * K4)));
+    assert_eq!(
+        t.translate(gpa(G512 + G1 + M2 + 2 * K4)),
+        Some(hpa(2 * G512 + G1 + M2 + 2 * K4))
+    );
     assert_eq!(t.translate(gpa(G512 + G1 + M2 + K4)), None);
     drop(t);
     assert_eq!(alloc.live_frames(), 0);

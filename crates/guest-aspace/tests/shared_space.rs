@@ -1,0 +1,139 @@
+//! `SharedAddrSpace`: vCPUs translating and reading while another one
+//! faults lazy pages in.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::*;
+use guest_aspace::{Access, FaultOutcome, GuestAddrSpace, SharedAddrSpace};
+use npt_entry::ept::Ept4;
+use npt_table::HostFrameAllocator;
+
+const EAGER: usize = 0x4000_0000;
+const LAZY: usize = 0x5000_0000;
+const PAGES: usize = 512;
+
+#[test]
+fn concurrent_translate_and_read_while_faulting() {
+    let alloc = HostFrameAllocator::new();
+    {
+        let mut space = GuestAddrSpace::<Ept4, _>::new(&alloc, window(0, 1 << 36)).unwrap();
+        space.add_ram(gpa(EAGER), M2, RW, false).unwrap().ignore();
+        space
+            .add_ram(gpa(LAZY), PAGES * K4, RW, true)
+            .unwrap()
+            .ignore();
+        space
+            .write_u64(gpa(EAGER + 0x100), 0xfeed_f00d_dead_beef)
+            .unwrap();
+        let shared = SharedAddrSpace::new(space);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for seed in 0..2usize {
+                let (shared, done) = (&shared, &done);
+                scope.spawn(move || {
+                    let mut seen: HashMap<usize, usize> = HashMap::new();
+                    let mut x = seed * 7919 + 1;
+                    let mut rounds = 0usize;
+                    while !done.load(Ordering::Acquire) || rounds < 1000 {
+                        rounds += 1;
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let page = (x >> 33) % (PAGES - 1);
+                        let g = LAZY + page * K4;
+                        // Once a page is mapped it stays mapped to the same frame.
+                        match shared.translate(gpa(g + 8)) {
+                            Some(h) => {
+                                let prev = *seen.entry(page).or_insert(h.as_usize() - 8);
+                                assert_eq!(prev, h.as_usize() - 8, "page {page} moved");
+                            }
+                            None => assert!(!seen.contains_key(&page), "page {page} vanished"),
+                        }
+                        // Lazy pages read as zeros whether populated or not.
+                        let mut buf = [0xffu8; 64];
+                        shared.read_bytes(gpa(g + K4 - 32), &mut buf).unwrap();
+                        assert!(buf.iter().all(|&b| b == 0));
+                        let mut word = [0u8; 8];
+                        shared.read_bytes(gpa(EAGER + 0x100), &mut word).unwrap();
+                        assert_eq!(u64::from_le_bytes(word), 0xfeed_f00d_dead_beef);
+                        assert!(shared.read().contains(gpa(g)));
+                    }
+                    seen.len()
+                });
+            }
+            let (shared, done) = (&shared, &done);
+            scope.spawn(move || {
+                for page in (0..PAGES).rev() {
+                    let access = if page % 2 == 0 {
+                        Access::Read
+                    } else {
+                        Access::Write
+                    };
+                    match shared
+                        .handle_fault(gpa(LAZY + page * K4 + 1), access)
+                        .unwrap()
+                    {
+                        FaultOutcome::Fixed(flush) => flush.ignore(),
+                        other => panic!("{other:?}"),
+                    }
+                    // A second vCPU faulting on the same page finds it there.
+                    match shared
+                        .handle_fault(gpa(LAZY + page * K4 + 2), Access::Read)
+                        .unwrap()
+                    {
+                        FaultOutcome::Fixed(flush) => assert!(flush.is_empty()),
+                        other => panic!("{other:?}"),
+                    }
+                }
+                done.store(true, Ordering::Release);
+            });
+        });
+        let space = shared.into_inner();
+        assert_eq!(space.find_region(gpa(LAZY)).unwrap().populated, PAGES * K4);
+        let mut hpas: Vec<usize> = (0..PAGES)
+            .map(|p| space.translate(gpa(LAZY + p * K4)).unwrap().as_usize())
+            .collect();
+        hpas.sort_unstable();
+        hpas.dedup();
+        assert_eq!(hpas.len(), PAGES, "every page has its own frame");
+    }
+    assert_eq!(alloc.live_frames(), 0);
+}
+
+#[test]
+fn writers_serialize() {
+    let alloc = HostFrameAllocator::new();
+    let mut space = GuestAddrSpace::<Ept4, _>::new(&alloc, window(0, 1 << 36)).unwrap();
+    space
+        .add_ram(gpa(LAZY), 64 * K4, RW, true)
+        .unwrap()
+        .ignore();
+    let shared = SharedAddrSpace::new(space);
+    std::thread::scope(|scope| {
+        for t in 0..4usize {
+            let shared = &shared;
+            scope.spawn(move || {
+                for i in 0..16 {
+                    let g = LAZY + (t * 16 + i) * K4;
+                    shared
+                        .write()
+                        .write_u64(gpa(g), (t * 100 + i) as u64)
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let space = shared.into_inner();
+    for t in 0..4 {
+        for i in 0..16 {
+            assert_eq!(
+                space.read_u64(gpa(LAZY + (t * 16 + i) * K4)).unwrap(),
+                (t * 100 + i) as u64
+            );
+        }
+    }
+    assert_eq!(space.find_region(gpa(LAZY)).unwrap().populated, 64 * K4);
+}

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Builds the bare-metal example hypervisors and runs them under QEMU, once
+# per table variant:
+#   aarch64: Stage2<40> (3 levels, concatenated root) and Stage2<48> (4 levels)
+#   riscv64: Sv39x4 and Sv48x4
+# A run passes when QEMU exits 0 within 60 s and the output has PASS, no
+# FAIL, and the guest's line sent through the pass-through UART.
+#
+# Usage: examples/qemu/run.sh [--allow-skip] aarch64|riscv64|all
+# A missing tool (cargo, rustup target, QEMU) prints "SKIPPED qemu: <reason>"
+# and exits 0 only with --allow-skip; otherwise it exits non-zero.
+set -u
+
+here=$(cd "$(dirname "$0")" && pwd)
+allow_skip=0
+which=""
+for arg in "$@"; do
+    case "$arg" in
+        --allow-skip) allow_skip=1 ;;
+        aarch64 | riscv64 | all) which="$arg" ;;
+        *) which="bad" ;;
+    esac
+done
+if [ -z "$which" ] || [ "$which" = bad ]; then
+    echo "usage: $0 [--allow-skip] aarch64|riscv64|all" >&2
+    exit 2
+fi
+
+skipped=0
+# Reports a missing tool; the caller stops that architecture.
+skip() {
+    echo "SKIPPED qemu: $1"
+    skipped=1
+    return 1
+}
+
+export CARGO_TARGET_DIR="$here/target"
+if ! command -v cargo > /dev/null; then
+    skip "cargo not found"
+    [ "$allow_skip" = 1 ] && exit 0
+    exit 1
+fi
+
+# Adds a rust target if it is missing.
+need_target() {
+    local target="$1"
+    if command -v rustup > /dev/null; then
+        rustup target list --installed | grep -qx "$target" && return 0
+        rustup target add "$target" > /dev/null 2>&1 || skip "cannot add rust target $target"
+    else
+        # Without rustup, trust the toolchain and let the build tell.
+        return 0
+    fi
+}
+
+failed=0
+
+# run_variant NAME QEMU-COMMAND...: runs one boot and judges its output.
+run_variant() {
+    local name="$1"
+    shift
+    echo "=== $name"
+    local out rc log
+    log=$(mktemp)
+    timeout 60 "$@" < /dev/null > "$log" 2>&1
+    rc=$?
+    out=$(tr -d '\r' < "$log")
+    rm -f "$log"
+    echo "$out"
+    if [ "$rc" -ne 0 ]; then
+        echo "=== $name: FAILED (QEMU exit status $rc)"
+        failed=1
+    elif ! grep -qx PASS <<< "$out" || grep -q FAIL <<< "$out"; then
+        echo "=== $name: FAILED (no PASS line, or a FAIL)"
+        failed=1
+    elif ! grep -q "guest: hello through the pass-through UART" <<< "$out"; then
+        echo "=== $name: FAILED (the guest's UART line is missing)"
+        failed=1
+    else
+        echo "=== $name: passed"
+    fi
+}
+
+run_aarch64() {
+    command -v qemu-system-aarch64 > /dev/null || { skip "qemu-system-aarch64 not found"; return; }
+    need_target aarch64-unknown-none || return
+    (cd "$here/aarch64" && cargo build --release) || { echo "=== aarch64: build FAILED"; failed=1; return; }
+    local elf="$CARGO_TARGET_DIR/aarch64-unknown-none/release/npt-qemu-aarch64"
+    for bits in 40 48; do
+        run_variant "aarch64 Stage2<$bits>" qemu-system-aarch64 -M virt,virtualization=on -cpu max -m 3G \
+            -nographic -semihosting -net none -no-reboot \
+            -device loader,addr=0x43fff000,data=$bits,data-len=4 -kernel "$elf"
+    done
+}
+
+run_riscv64() {
+    command -v qemu-system-riscv64 > /dev/null || { skip "qemu-system-riscv64 not found"; return; }
+    need_target riscv64gc-unknown-none-elf || return
+    (cd "$here/riscv64" && cargo build --release) || { echo "=== riscv64: build FAILED"; failed=1; return; }
+    local elf="$CARGO_TARGET_DIR/riscv64gc-unknown-none-elf/release/npt-qemu-riscv64"
+    for bits in 39 48; do
+        run_variant "riscv64 Sv${bits}x4" qemu-system-riscv64 -M virt -cpu rv64,h=true -bios none -m 3G \
+            -nographic -net none -no-reboot \
+            -device loader,addr=0x83fff000,data=$bits,data-len=4 -kernel "$elf"
+    done
+}
+
+case "$which" in
+    aarch64) run_aarch64 ;;
+    riscv64) run_riscv64 ;;
+    all)
+        run_aarch64
+        run_riscv64
+        ;;
+esac
+
+if [ "$skipped" -ne 0 ] && [ "$allow_skip" != 1 ]; then
+    echo "qemu examples: FAILED (skipped without --allow-skip)"
+    exit 1
+fi
+if [ "$failed" -ne 0 ]; then
+    echo "qemu examples: FAILED"
+    exit 1
+fi
+if [ "$skipped" -ne 0 ]; then
+    echo "qemu examples: passed where the tools were present"
+else
+    echo "qemu examples: all passed"
+fi
