@@ -1,4 +1,5 @@
-//! Shared helpers for the walker benchmarks in `benches/walkers.rs`.
+//! Shared helpers for the benchmarks in `benches/walkers.rs` (page-table
+//! walkers) and `benches/aspace.rs` (guest address spaces).
 //!
 //! - [`HeapFrames`]: 4 KiB frames from the host heap with an identity
 //!   "physical" address, stateless so that the peers' static

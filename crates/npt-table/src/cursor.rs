@@ -1,25 +1,17 @@
 //! A read-only cursor that keeps its walk path, and batched translation.
 
 use gpa_types::{GuestPhysAddr, HostPhysAddr, PageSize};
-use npt_entry::{EntryKind, GenericPTE, NestedEntry, NptFormat};
+use npt_entry::{ENTRIES_PER_TABLE, EntryKind, GenericPTE, NestedEntry, NptFormat};
 
 use crate::error::{NptError, NptResult};
 use crate::frames::FrameAllocator;
 use crate::raw::TableRef;
 use crate::table::{NestedPageTable, Translation};
 
-/// One step of a walk.
-enum Step<E> {
-    /// The walk ended: the leaf and its level, or nothing mapped.
-    Done(Option<(E, usize)>),
-    /// Go on in this table.
-    Next(TableRef<E>),
-}
-
-/// Lookups that reuse the previous walk: a cursor remembers the last table
-/// it passed one level above the leaf tables (the table covering 1 GiB on a
-/// 4-level format), and a query whose GPA lies under it starts there instead
-/// of at the root.
+/// Lookups that reuse earlier walks: a cursor remembers the tables one
+/// level above the leaf tables (each covers 1 GiB) that its walks passed, up
+/// to 32 of them, and a lookup whose GPA lies under one starts there with
+/// two loads instead of walking from the root.
 ///
 /// ```
 /// # use npt_table::{HostFrameAllocator, MapPolicy, NestedPageTable};
@@ -36,65 +28,75 @@ enum Step<E> {
 /// ```
 pub struct Cursor<'t, F: NptFormat, A: FrameAllocator> {
     table: &'t NestedPageTable<F, A>,
-    /// The cached table one level above the last (the directory of leaf
-    /// tables) and the GPA it starts at; `usize::MAX` when none.
-    dir_base: usize,
-    dir: TableRef<F::Entry>,
+    /// Cached tables one level above the last (directories of leaf
+    /// tables), direct-mapped by the GiB they cover: slot `g % DIRS` holds
+    /// the directory of GiB `g` when `dir_base[slot] == g`.
+    dir_base: [usize; DIRS],
+    dir: [TableRef<F::Entry>; DIRS],
 }
+
+/// Directory slots of a cursor: 32 GiB of guest-physical space walk from
+/// the directory without touching the upper levels.
+const DIRS: usize = 32;
 
 impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// A read-only cursor over the table.
     pub fn cursor(&self) -> Cursor<'_, F, A> {
         Cursor {
             table: self,
-            dir_base: usize::MAX,
-            dir: self.root_table(),
+            dir_base: [usize::MAX; DIRS],
+            dir: [self.root_table(); DIRS],
         }
     }
 
-    /// Translates many GPAs at once: `out[i]` receives the HPA of `gpas[i]`
-    /// (or `None`). The walks start from the deepest table a
-    /// [`Cursor`] has cached for their address and advance level by level
-    /// in groups, so that their cache misses overlap. Extra elements of the
-    /// longer slice are left alone.
+    /// Translates many GPAs at once through one [`Cursor`]: `out[i]`
+    /// receives the HPA of `gpas[i]` (or `None`). Walks under a directory
+    /// the cursor has seen take two loads instead of a walk from the root.
+    /// Extra elements of the longer slice are left alone.
     pub fn translate_batch(&self, gpas: &[GuestPhysAddr], out: &mut [Option<HostPhysAddr>]) {
         self.cursor().translate_batch(gpas, out)
     }
 }
 
 impl<F: NptFormat, A: FrameAllocator> Cursor<'_, F, A> {
-    /// Level of the directory of leaf tables.
-    const DIR: usize = F::LEVELS - 2;
-    /// Bytes one directory table covers.
-    /// (Its entries map 2 MiB each, whatever the format.)
-    const DIR_SPAN: usize = 1 << 30;
+    /// Shift of the directory level's index: its entries map 2 MiB each.
+    const DIR_SHIFT: u32 = 21;
+    /// Whether the format has a directory level below the root.
+    const HAS_DIR: bool = F::LEVELS > 2;
 
-    /// The table to start a walk for `addr` at, and its level: the cached
-    /// directory when it covers `addr`, else the root.
+    /// Where a walk for `addr` starts: the cached directory (table, shift,
+    /// index mask) when it covers `addr`, else the root.
     #[inline(always)]
-    fn start(&self, addr: usize) -> (TableRef<F::Entry>, usize) {
-        if Self::DIR > 0 && addr & !(Self::DIR_SPAN - 1) == self.dir_base {
-            (self.dir, Self::DIR)
+    fn start(&self, addr: usize) -> (TableRef<F::Entry>, u32, usize) {
+        let gib = addr >> 30;
+        if Self::HAS_DIR && self.dir_base[gib % DIRS] == gib {
+            (self.dir[gib % DIRS], Self::DIR_SHIFT, ENTRIES_PER_TABLE - 1)
         } else {
-            (self.table.root_table(), 0)
+            (self.table.root_table(), F::ROOT_SHIFT, F::ROOT_ENTRIES - 1)
         }
     }
 
-    /// One step of a walk: the entry of `addr` in `table` at `level`; caches
-    /// the directory when the walk passes it.
+    /// Walks from where [`Self::start`] says to the leaf of `addr`, caching
+    /// the directory it passes. Returns the leaf and its shift.
     #[inline(always)]
-    fn step(&mut self, addr: usize, level: usize, table: TableRef<F::Entry>) -> Step<F::Entry> {
-        let entry = table.get(F::index(addr, level));
-        match entry.kind(level == F::LEVELS - 1) {
-            EntryKind::Empty => Step::Done(None),
-            EntryKind::Leaf => Step::Done(Some((entry, level))),
-            EntryKind::Table => {
-                let child = self.table.child(entry);
-                if level + 1 == Self::DIR {
-                    self.dir = child;
-                    self.dir_base = addr & !(Self::DIR_SPAN - 1);
+    fn walk(&mut self, addr: usize) -> Option<(F::Entry, u32)> {
+        let (mut table, mut shift, mut mask) = self.start(addr);
+        loop {
+            let entry = table.get((addr >> shift) & mask);
+            match entry.kind(shift == PageSize::Size4K.shift()) {
+                EntryKind::Empty => return None,
+                EntryKind::Leaf => return (shift <= F::MAX_LEAF.shift()).then_some((entry, shift)),
+                EntryKind::Table if shift > PageSize::Size4K.shift() => {
+                    table = self.table.child(entry);
+                    shift -= npt_entry::BITS_PER_LEVEL;
+                    mask = ENTRIES_PER_TABLE - 1;
+                    if Self::HAS_DIR && shift == Self::DIR_SHIFT {
+                        let gib = addr >> 30;
+                        self.dir[gib % DIRS] = table;
+                        self.dir_base[gib % DIRS] = gib;
+                    }
                 }
-                Step::Next(child)
+                EntryKind::Table => return None,
             }
         }
     }
@@ -102,71 +104,14 @@ impl<F: NptFormat, A: FrameAllocator> Cursor<'_, F, A> {
     /// The leaf entry mapping `addr` and its level.
     #[inline(always)]
     fn lookup(&mut self, addr: usize) -> Option<(F::Entry, usize)> {
-        let (mut table, mut level) = self.start(addr);
-        loop {
-            match self.step(addr, level, table) {
-                Step::Done(found) => return found,
-                Step::Next(child) => {
-                    table = child;
-                    level += 1;
-                }
-            }
-        }
+        let (entry, shift) = self.walk(addr)?;
+        Some((entry, F::LEVELS - 1 - ((shift - 12) / 9) as usize))
     }
 
     /// [`NestedPageTable::translate_batch`] through this cursor.
-    ///
-    /// Software-pipelined: the walk of `gpas[j]` runs down to its last-level
-    /// table and prefetches the entry, and the entry is read only when
-    /// `gpas[j + AHEAD]` has been started, so up to `AHEAD` misses on leaf
-    /// tables are in flight at once.
     pub fn translate_batch(&mut self, gpas: &[GuestPhysAddr], out: &mut [Option<HostPhysAddr>]) {
-        const AHEAD: usize = 16;
-        const LAST_LEVEL_SIZE: usize = PageSize::Size4K.bytes();
-        let n = gpas.len().min(out.len());
-        let (gpas, out) = (&gpas[..n], &mut out[..n]);
-        let mut pending: [(usize, Option<TableRef<F::Entry>>); AHEAD] = [(0, None); AHEAD];
-        for j in 0..n + AHEAD {
-            let slot = j % AHEAD;
-            if j >= AHEAD {
-                if let ((addr, Some(table)), Some(o)) = (pending[slot], out.get_mut(j - AHEAD)) {
-                    let entry = table.get(F::index(addr, F::LEVELS - 1));
-                    *o = (entry.kind(true) == EntryKind::Leaf).then(|| {
-                        let base: usize = entry.paddr().into();
-                        HostPhysAddr::from_usize(base + (addr & (LAST_LEVEL_SIZE - 1)))
-                    });
-                }
-                pending[slot] = (0, None);
-            }
-            let (Some(gpa), Some(o)) = (gpas.get(j), out.get_mut(j)) else {
-                continue;
-            };
-            let addr = gpa.as_usize();
-            *o = None;
-            if addr as u64 >= F::GPA_LIMIT {
-                continue;
-            }
-            let (mut table, mut level) = self.start(addr);
-            while level < F::LEVELS - 1 {
-                match self.step(addr, level, table) {
-                    Step::Done(found) => {
-                        *o = found.and_then(|(entry, level)| {
-                            let size = F::leaf_size(level)?;
-                            let base: usize = entry.paddr().into();
-                            Some(HostPhysAddr::from_usize(base + size.offset(addr)))
-                        });
-                        break;
-                    }
-                    Step::Next(child) => {
-                        table = child;
-                        level += 1;
-                    }
-                }
-            }
-            if level == F::LEVELS - 1 {
-                table.prefetch(F::index(addr, level));
-                pending[slot] = (addr, Some(table));
-            }
+        for (gpa, o) in gpas.iter().zip(out.iter_mut()) {
+            *o = self.translate(*gpa);
         }
     }
 
@@ -197,9 +142,39 @@ impl<F: NptFormat, A: FrameAllocator> Cursor<'_, F, A> {
         if addr as u64 >= F::GPA_LIMIT {
             return None;
         }
-        let (entry, level) = self.lookup(addr)?;
-        let size = F::leaf_size(level)?;
+        let gib = addr >> 30;
+        if Self::HAS_DIR && self.dir_base[gib % DIRS] == gib {
+            return self.from_dir(self.dir[gib % DIRS], addr);
+        }
+        let (entry, shift) = self.walk(addr)?;
         let base: usize = entry.paddr().into();
-        Some(HostPhysAddr::from_usize(base + size.offset(addr)))
+        Some(HostPhysAddr::from_usize(
+            base + (addr & ((1usize << shift) - 1)),
+        ))
+    }
+
+    /// The two-level walk from the cached directory, with every shift a
+    /// constant: the common case of a cursor over nearby GPAs.
+    #[inline(always)]
+    fn from_dir(&self, dir: TableRef<F::Entry>, addr: usize) -> Option<HostPhysAddr> {
+        const M2: usize = PageSize::Size2M.bytes();
+        const K4: usize = PageSize::Size4K.bytes();
+        let entry = dir.get((addr >> 21) & (ENTRIES_PER_TABLE - 1));
+        let (entry, offset) = match entry.kind(false) {
+            EntryKind::Table => {
+                let leaf = self
+                    .table
+                    .child(entry)
+                    .get((addr >> 12) & (ENTRIES_PER_TABLE - 1));
+                if leaf.kind(true) != EntryKind::Leaf {
+                    return None;
+                }
+                (leaf, addr & (K4 - 1))
+            }
+            EntryKind::Leaf => (entry, addr & (M2 - 1)),
+            EntryKind::Empty => return None,
+        };
+        let base: usize = entry.paddr().into();
+        Some(HostPhysAddr::from_usize(base + offset))
     }
 }

@@ -77,7 +77,9 @@ impl<F: NptFormat> Iterator for Runs<'_, F> {
             Source::Chunks(chunks) => {
                 let rest = chunks.get(self.src..).unwrap_or(&[]);
                 let size = rest.first()?.1;
-                let same = rest.iter().take_while(|c| c.1 == size).count();
+                // A run never spans more entries than one table holds.
+                let room = F::level_of(size).map_or(1, |l| F::entries(l) - F::index(self.gpa, l));
+                let same = rest.iter().take(room).take_while(|c| c.1 == size).count();
                 (size, same)
             }
         };

@@ -81,27 +81,6 @@ impl<E: NestedEntry> TableRef<E> {
         unsafe { (*self.base.add(idx)).store(entry.raw(), Ordering::Relaxed) }
     }
 
-    /// Hints the CPU to fetch entry `idx` into the cache. Architectural
-    /// no-op: it never faults and changes nothing a program can observe.
-    #[inline(always)]
-    pub(crate) fn prefetch(self, idx: usize) {
-        let p = self.base.wrapping_add(idx);
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: PREFETCHT0 has no architectural effect and never faults,
-        // whatever the address.
-        #[allow(unused_unsafe)]
-        unsafe {
-            core::arch::x86_64::_mm_prefetch(p.cast::<i8>(), core::arch::x86_64::_MM_HINT_T0)
-        };
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: PRFM is a hint: no architectural effect, never faults.
-        unsafe {
-            core::arch::asm!("prfm pldl1keep, [{0}]", in(reg) p, options(nostack, readonly, preserves_flags))
-        };
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-        let _ = p;
-    }
-
     /// Links a freshly filled table: orders its contents before the entry
     /// that makes it reachable.
     #[inline(always)]

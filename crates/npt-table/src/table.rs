@@ -313,14 +313,21 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// Finds the leaf mapping `gpa`.
     #[inline(always)]
     pub(crate) fn find_leaf(&self, gpa: usize) -> Option<LeafRef<F::Entry>> {
+        // The shift and index mask move down by one level per step; no
+        // per-level table lookups in the hot path.
         let mut table = self.root_table();
-        for level in 0..F::LEVELS {
-            let idx = F::index(gpa, level);
+        let mut shift = F::ROOT_SHIFT;
+        let mut mask = F::ROOT_ENTRIES - 1;
+        loop {
+            let idx = (gpa >> shift) & mask;
             let entry = table.get(idx);
-            match entry.kind(level == F::LEVELS - 1) {
+            match entry.kind(shift == PageSize::Size4K.shift()) {
                 EntryKind::Empty => return None,
                 EntryKind::Leaf => {
-                    let size = F::leaf_size(level)?;
+                    if shift > F::MAX_LEAF.shift() {
+                        return None;
+                    }
+                    let size = PageSize::from_height(((shift - 12) / 9) as usize)?;
                     return Some(LeafRef {
                         table,
                         idx,
@@ -328,10 +335,42 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                         size,
                     });
                 }
-                EntryKind::Table => table = self.child(entry),
+                EntryKind::Table if shift > PageSize::Size4K.shift() => {
+                    table = self.child(entry);
+                    shift -= npt_entry::BITS_PER_LEVEL;
+                    mask = npt_entry::ENTRIES_PER_TABLE - 1;
+                }
+                EntryKind::Table => return None,
             }
         }
-        None
+    }
+
+    /// The host address `gpa` maps to: the walk of [`Self::find_leaf`]
+    /// without its bookkeeping.
+    #[inline(always)]
+    fn translate_raw(&self, gpa: usize) -> Option<usize> {
+        let mut table = self.root_table();
+        let mut shift = F::ROOT_SHIFT;
+        let mut mask = F::ROOT_ENTRIES - 1;
+        loop {
+            let entry = table.get((gpa >> shift) & mask);
+            match entry.kind(shift == PageSize::Size4K.shift()) {
+                EntryKind::Empty => return None,
+                EntryKind::Leaf => {
+                    if shift > F::MAX_LEAF.shift() {
+                        return None;
+                    }
+                    let base: usize = entry.paddr().into();
+                    return Some(base + (gpa & ((1usize << shift) - 1)));
+                }
+                EntryKind::Table if shift > PageSize::Size4K.shift() => {
+                    table = self.child(entry);
+                    shift -= npt_entry::BITS_PER_LEVEL;
+                    mask = npt_entry::ENTRIES_PER_TABLE - 1;
+                }
+                EntryKind::Table => return None,
+            }
+        }
     }
 
     // ---- lookups ----
@@ -363,9 +402,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         if addr as u64 >= F::GPA_LIMIT {
             return None;
         }
-        let LeafRef { entry, size, .. } = self.find_leaf(addr)?;
-        let base: usize = entry.paddr().into();
-        Some(HostPhysAddr::from_usize(base + size.offset(addr)))
+        self.translate_raw(addr).map(HostPhysAddr::from_usize)
     }
 
     // ---- single-page operations ----

@@ -190,13 +190,22 @@ fn run_ops<F: NptFormat>(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     probes.push(gpa);
                 }
             }
-            for p in probes {
+            let mut cursor = t.cursor();
+            let gpas: Vec<GuestPhysAddr> = probes.iter().map(|&p| GuestPhysAddr::from(p)).collect();
+            let mut batch = vec![None; gpas.len()];
+            t.translate_batch(&gpas, &mut batch);
+            for (p, b) in probes.into_iter().zip(batch) {
                 let got = t
                     .query(p.into())
                     .ok()
                     .map(|tr| (tr.hpa.as_usize(), tr.flags));
                 prop_assert_eq!(got, model.query(p), "query {:#x}", p);
+                let hpa = model.query(p).map(|(h, _)| HostPhysAddr::from(h));
+                prop_assert_eq!(t.translate(p.into()), hpa, "translate {:#x}", p);
+                prop_assert_eq!(cursor.translate(p.into()), hpa, "cursor translate {:#x}", p);
+                prop_assert_eq!(b, hpa, "translate_batch {:#x}", p);
             }
+            drop(cursor);
             prop_assert_eq!(table_runs(&t), model_runs(&model));
             prop_assert_eq!(t.stats().mapped_bytes(), (model.len() * K4) as u128);
         }
