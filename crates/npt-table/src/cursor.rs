@@ -144,7 +144,7 @@ impl<F: NptFormat, A: FrameAllocator> Cursor<'_, F, A> {
         }
         let gib = addr >> 30;
         if Self::HAS_DIR && self.dir_base[gib % DIRS] == gib {
-            return self.from_dir(self.dir[gib % DIRS], addr);
+            return self.walk_from_dir(self.dir[gib % DIRS], addr);
         }
         let (entry, shift) = self.walk(addr)?;
         let base: usize = entry.paddr().into();
@@ -156,7 +156,7 @@ impl<F: NptFormat, A: FrameAllocator> Cursor<'_, F, A> {
     /// The two-level walk from the cached directory, with every shift a
     /// constant: the common case of a cursor over nearby GPAs.
     #[inline(always)]
-    fn from_dir(&self, dir: TableRef<F::Entry>, addr: usize) -> Option<HostPhysAddr> {
+    fn walk_from_dir(&self, dir: TableRef<F::Entry>, addr: usize) -> Option<HostPhysAddr> {
         const M2: usize = PageSize::Size2M.bytes();
         const K4: usize = PageSize::Size4K.bytes();
         let entry = dir.get((addr >> 21) & (ENTRIES_PER_TABLE - 1));
