@@ -205,7 +205,6 @@ fn run_ops<F: NptFormat>(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(cursor.translate(p.into()), hpa, "cursor translate {:#x}", p);
                 prop_assert_eq!(b, hpa, "translate_batch {:#x}", p);
             }
-            drop(cursor);
             prop_assert_eq!(table_runs(&t), model_runs(&model));
             prop_assert_eq!(t.stats().mapped_bytes(), (model.len() * K4) as u128);
         }
