@@ -4,6 +4,18 @@
 //! mutating operation returns a record of the guest-physical ranges whose
 //! cached translations became stale; the hypervisor turns it into the
 //! instructions of its architecture.
+//!
+//! Maps of previously invalid entries name their range too: x86 and Arm do
+//! not cache invalid entries, so a hypervisor there may skip that flush,
+//! but the RISC-V privileged architecture allows implementations to cache
+//! invalid translations, so an `HFENCE.GVMA` is needed before the guest is
+//! sure to see a new mapping.
+//!
+//! Splitting a huge leaf (by a partial unmap or protect, or
+//! `split_region`) replaces it with a table entry in one store and names
+//! the whole huge range. Arm requires break-before-make for that change
+//! unless FEAT_BBM level 2 is implemented: on such hosts, pause the VM's
+//! vCPUs (or invalidate first) around operations that split.
 
 use gpa_types::{GuestPhysAddr, GuestPhysAddrRange};
 
