@@ -95,17 +95,17 @@ fn addr_field(paddr: usize, mask: u64) -> u64 {
 /// the host PAT hold their power-on values WB, WT, UC-, UC (APM Vol. 2, 7.8.1
 /// "PAT Register", 7.8.2 "PAT Indexing"; the PAT bit stays 0).
 ///
-/// Only WB (0) and UC (3) are used for the generic types other than
-/// write-through: the default PAT has no WC or WP entry, so those take UC,
-/// the closest stronger type.
+/// Write-back is 00 and write-through 01. Uncached normal memory takes 10
+/// (UC-, PAT entry 2) so that it decodes back as uncached, and device
+/// memory 11 (strong UC, PAT entry 3). The default PAT has no WC or WP
+/// entry: write-combining takes UC- and write-protect UC, the closest
+/// stronger types.
 const fn cache_field(memory_type: MemoryType) -> u64 {
     match memory_type {
         MemoryType::WriteBack => 0b00,
         MemoryType::WriteThrough => 0b01,
-        MemoryType::Uncached
-        | MemoryType::Device
-        | MemoryType::WriteCombining
-        | MemoryType::WriteProtect => 0b11,
+        MemoryType::Uncached | MemoryType::WriteCombining => 0b10,
+        MemoryType::Device | MemoryType::WriteProtect => 0b11,
     }
 }
 
@@ -587,8 +587,10 @@ mod tests {
         assert_eq!(e.kind(false), EntryKind::Leaf);
         assert_eq!(e.memory_type(), MemoryType::Device);
         assert_eq!(e.flags(), dev);
+        // Uncached normal memory is PCD alone (UC-, PAT entry 2): 0x97.
         let uc = NptEntry::new_page(pa(0x4020_0000), RW | MappingFlags::UNCACHED, true);
-        assert_eq!(uc, e);
+        assert_eq!(uc.raw(), 0x8000_0000_4020_0097);
+        assert_eq!(uc.memory_type(), MemoryType::Uncached);
     }
 
     #[test]
@@ -642,9 +644,9 @@ mod tests {
         let cases = [
             (MemoryType::WriteBack, 0x0, MemoryType::WriteBack),
             (MemoryType::WriteThrough, 0x8, MemoryType::WriteThrough),
-            (MemoryType::Uncached, 0x18, MemoryType::Device),
+            (MemoryType::Uncached, 0x10, MemoryType::Uncached),
             (MemoryType::Device, 0x18, MemoryType::Device),
-            (MemoryType::WriteCombining, 0x18, MemoryType::Device),
+            (MemoryType::WriteCombining, 0x10, MemoryType::Uncached),
             (MemoryType::WriteProtect, 0x18, MemoryType::Device),
         ];
         for (t, bits, back) in cases {
@@ -779,5 +781,25 @@ mod tests {
             }
         );
         assert!(msg.contains("not 4 KiB aligned"), "{msg}");
+    }
+}
+
+#[cfg(test)]
+mod regressions {
+    use super::*;
+    use crate::GenericPTE;
+
+    /// Found by the `entry_decode` fuzz target: UNCACHED was encoded as
+    /// PCD:PWT = 11, which decodes as device memory.
+    #[test]
+    fn uncached_round_trips_as_uncached() {
+        let flags = MappingFlags::READ | MappingFlags::UNCACHED;
+        let e = NptEntry::new_page(0x1000.into(), flags, false);
+        assert_eq!(e.raw() & (0b11 << 3), 0b10 << 3);
+        assert_eq!(e.memory_type(), MemoryType::Uncached);
+        assert_eq!(e.flags(), MappingFlags::READ | MappingFlags::UNCACHED);
+        let dev = NptEntry::new_page(0x1000.into(), MappingFlags::READ | MappingFlags::DEVICE, false);
+        assert_eq!(dev.raw() & (0b11 << 3), 0b11 << 3);
+        assert_eq!(dev.memory_type(), MemoryType::Device);
     }
 }

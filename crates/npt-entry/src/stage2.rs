@@ -969,16 +969,19 @@ pub struct Vttbr(u64);
 
 impl Vttbr {
     /// Builds VTTBR_EL2 for a root at `root` that must be aligned to
-    /// `root_align` bytes (a power of two: the size of the concatenated
-    /// start table, [`NptFormat::ROOT_ALIGN`]) and fit 48 bits. `vmid` must
-    /// fit `width` (VTCR_EL2.VS must match). CnP starts clear.
+    /// `root_align` bytes (a power of two of at least 4 KiB: the size of
+    /// the concatenated start table, [`NptFormat::ROOT_ALIGN`]) and fit 48
+    /// bits. `vmid` must fit `width` (VTCR_EL2.VS must match). CnP starts
+    /// clear.
     pub fn new(
         root: HostPhysAddr,
         root_align: usize,
         vmid: u16,
         width: VmidWidth,
     ) -> Result<Self, Stage2ConfigError> {
-        if !root_align.is_power_of_two() {
+        // A table is at least one 4 KiB frame; smaller alignments would let
+        // low address bits through that BADDR drops (bit 0 is CnP).
+        if !root_align.is_power_of_two() || root_align < 4096 {
             return Err(Stage2ConfigError::BadRootAlign { align: root_align });
         }
         let addr = root.as_usize();
@@ -1535,5 +1538,20 @@ mod tests {
             (0, 0)
         );
         assert_eq!(<Stage2<40> as NptFormat>::PA_BITS, 48);
+    }
+}
+
+#[cfg(test)]
+mod regressions {
+    use super::*;
+
+    /// Found by the `entry_decode` fuzz target: an alignment of 1 let an odd
+    /// root through, and BADDR silently dropped bit 0.
+    #[test]
+    fn vttbr_refuses_alignments_below_a_frame() {
+        let odd = HostPhysAddr::from(0x11f_2a5f);
+        assert!(Vttbr::new(odd, 1, 0, VmidWidth::Bits8).is_err());
+        assert!(Vttbr::new(HostPhysAddr::from(0x1000), 2048, 0, VmidWidth::Bits8).is_err());
+        assert!(Vttbr::new(HostPhysAddr::from(0x1000), 4096, 0, VmidWidth::Bits8).is_ok());
     }
 }

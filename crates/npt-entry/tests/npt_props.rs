@@ -4,9 +4,11 @@
 //! are read, read+write, read+execute and read+write+execute; execute-only
 //! maps read+execute (the generators normalize write to imply read, as
 //! `check_flags` demands). Memory types through PCD:PWT with the default
-//! PAT: WB, WT, and UC for everything else, read back as
-//! `MemoryType::Device`, so `DEVICE` and `UNCACHED` both come back as
-//! `DEVICE`. `USER` is never reported (U/S is set on every present entry).
+//! PAT: WB (00), WT (01), UC- (10) for uncached and write-combining memory,
+//! read back as `MemoryType::Uncached`, and UC (11) for device and
+//! write-protect memory, read back as `MemoryType::Device`. `DEVICE` wins
+//! over `UNCACHED` when both are given. `USER` is never reported (U/S is set
+//! on every present entry).
 
 use gpa_types::{HostPhysAddr, MappingFlags, MemoryType, PageSize};
 use memory_addr::PhysAddr;
@@ -54,8 +56,10 @@ fn memory_type() -> impl Strategy<Value = MemoryType> {
 /// What `flags()` reports for a leaf built from `flags`: READ always.
 fn expected_flags(flags: MappingFlags) -> MappingFlags {
     let rights = MappingFlags::READ | (flags & (MappingFlags::WRITE | MappingFlags::EXECUTE));
-    if flags.intersects(MappingFlags::DEVICE | MappingFlags::UNCACHED) {
+    if flags.contains(MappingFlags::DEVICE) {
         rights | MappingFlags::DEVICE
+    } else if flags.contains(MappingFlags::UNCACHED) {
+        rights | MappingFlags::UNCACHED
     } else {
         rights
     }
@@ -66,7 +70,8 @@ fn expected_type(t: MemoryType) -> MemoryType {
     match t {
         MemoryType::WriteBack => MemoryType::WriteBack,
         MemoryType::WriteThrough => MemoryType::WriteThrough,
-        _ => MemoryType::Device,
+        MemoryType::Uncached | MemoryType::WriteCombining => MemoryType::Uncached,
+        MemoryType::Device | MemoryType::WriteProtect => MemoryType::Device,
     }
 }
 
@@ -110,7 +115,7 @@ proptest! {
         let e = NptEntry::new_leaf(HostPhysAddr::from(hpa), flags, size, t);
         let e = e.map_err(|err| TestCaseError::fail(format!("{err}")))?;
         prop_assert_eq!(e.memory_type(), expected_type(t));
-        let rights = expected_flags(flags) - MappingFlags::DEVICE;
+        let rights = expected_flags(flags) - MappingFlags::DEVICE - MappingFlags::UNCACHED;
         prop_assert_eq!(e.flags(), rights | expected_type(t).to_flags());
         prop_assert_eq!(e.paddr().as_usize(), hpa);
     }
