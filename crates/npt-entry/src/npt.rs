@@ -798,7 +798,11 @@ mod regressions {
         assert_eq!(e.raw() & (0b11 << 3), 0b10 << 3);
         assert_eq!(e.memory_type(), MemoryType::Uncached);
         assert_eq!(e.flags(), MappingFlags::READ | MappingFlags::UNCACHED);
-        let dev = NptEntry::new_page(0x1000.into(), MappingFlags::READ | MappingFlags::DEVICE, false);
+        let dev = NptEntry::new_page(
+            0x1000.into(),
+            MappingFlags::READ | MappingFlags::DEVICE,
+            false,
+        );
         assert_eq!(dev.raw() & (0b11 << 3), 0b11 << 3);
         assert_eq!(dev.memory_type(), MemoryType::Device);
     }
