@@ -741,29 +741,9 @@ fn guest_copy_1m(c: &mut Criterion) {
     guest_copy(c, "guest_copy_1m", MIB);
 }
 
-/// Keeps freed heap memory in the process (glibc: no `mmap` for large
-/// blocks, no trimming of the heap top), so that frames freed by one
-/// iteration are reused by the next one already paged in. Otherwise the
-/// populate and fault groups measure mostly the kernel's first-touch page
-/// faults on fresh heap memory, not the address spaces; a hypervisor's frames
-/// are resident host memory.
+/// See [`npt_benches::keep_heap_resident`].
 fn keep_heap(_: &mut Criterion) {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn mallopt(param: i32, value: i32) -> i32;
-        }
-        /// glibc's `M_TRIM_THRESHOLD`; -1 disables trimming.
-        const M_TRIM_THRESHOLD: i32 = -1;
-        /// glibc's `M_MMAP_MAX`; 0 disables `mmap` for allocations.
-        const M_MMAP_MAX: i32 = -4;
-        for (param, value) in [(M_TRIM_THRESHOLD, -1), (M_MMAP_MAX, 0)] {
-            // SAFETY: `mallopt` takes glibc's allocator lock and changes
-            // only tunables; it has no memory-safety preconditions.
-            let ok = unsafe { mallopt(param, value) };
-            assert_eq!(ok, 1, "mallopt({param}, {value}) failed");
-        }
-    }
+    npt_benches::keep_heap_resident();
 }
 
 /// Every space of every scenario is gone: neither side leaked frames.

@@ -596,8 +596,14 @@ fn no_leaks(_: &mut Criterion) {
     assert_eq!(HeapFrames::live_frames(), 0, "a walker leaked frames");
 }
 
+/// See [`npt_benches::keep_heap_resident`].
+fn keep_heap(_: &mut Criterion) {
+    npt_benches::keep_heap_resident();
+}
+
 criterion_group!(
     benches,
+    keep_heap,
     map_1g_4k,
     translate_random_1g,
     translate_random_16g,

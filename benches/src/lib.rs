@@ -142,3 +142,28 @@ pub fn random_addrs(base: usize, len: usize, count: usize, seed: u64) -> Vec<usi
         .map(|_| base + (rng.next() % len as u64) as usize)
         .collect()
 }
+
+/// Keeps freed heap memory in the process (glibc: no `mmap` for large
+/// blocks, no trimming of the heap top), so that frames freed by one
+/// iteration are reused by the next one already paged in. Otherwise the
+/// populate, fault and unmap groups measure mostly the kernel's page faults
+/// and trims of heap memory, not the code under test; a hypervisor's frames
+/// are resident host memory. Call it first in every bench binary.
+pub fn keep_heap_resident() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        /// glibc's `M_TRIM_THRESHOLD`; -1 disables trimming.
+        const M_TRIM_THRESHOLD: i32 = -1;
+        /// glibc's `M_MMAP_MAX`; 0 disables `mmap` for allocations.
+        const M_MMAP_MAX: i32 = -4;
+        for (param, value) in [(M_TRIM_THRESHOLD, -1), (M_MMAP_MAX, 0)] {
+            // SAFETY: `mallopt` takes glibc's allocator lock and changes
+            // only tunables; it has no memory-safety preconditions.
+            let ok = unsafe { mallopt(param, value) };
+            assert_eq!(ok, 1, "mallopt({param}, {value}) failed");
+        }
+    }
+}

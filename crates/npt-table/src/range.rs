@@ -428,30 +428,11 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         let mut removed_leaves = 0;
         let leaf_size = F::leaf_size(level);
         if last {
-            // 4 KiB leaves: every entry in the (4 KiB aligned) range is
-            // wholly covered, so no splitting and no clipping.
-            let first = F::index(start, level);
-            let count = (end - start) >> shift;
-            for (i, idx) in (first..first + count).enumerate() {
-                let entry = table.get(idx);
-                if entry.kind(true) != EntryKind::Leaf {
-                    continue;
-                }
-                let gpa = start + (i << shift);
-                let new = op.leaf(gpa, PageSize::Size4K, gpa, gpa + size, entry);
-                if new.raw() == entry.raw() {
-                    all_empty = false;
-                    continue;
-                }
-                table.set(idx, new);
-                out.any = true;
-                if new.raw() == 0 {
-                    removed_leaves += 1;
-                    removed = true;
-                } else {
-                    all_empty = false;
-                }
-            }
+            let (changed, removed_here, left) = Self::last_level(table, start, end, op);
+            out.any |= changed;
+            removed_leaves += removed_here;
+            removed |= removed_here > 0;
+            all_empty &= !left;
         }
         let mut pos = if last { end } else { start };
         while pos < end {
@@ -527,6 +508,47 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             };
         }
         out
+    }
+
+    /// The last level of [`Self::descend_apply`]: every entry in the (4 KiB
+    /// aligned) range is a whole 4 KiB leaf or empty, so no splitting and no
+    /// clipping. Returns whether a leaf changed, how many were removed, and
+    /// whether any entry is left in the range. Kept apart, with plain locals,
+    /// so the counters stay in registers.
+    #[inline(always)]
+    fn last_level<O: LeafOp<F::Entry>>(
+        table: TableRef<F::Entry>,
+        start: usize,
+        end: usize,
+        op: &mut O,
+    ) -> (bool, usize, bool) {
+        const SHIFT: u32 = PageSize::Size4K.shift();
+        let first = F::index(start, F::LEVELS - 1);
+        let count = (end - start) >> SHIFT;
+        let mut changed = false;
+        let mut removed = 0usize;
+        let mut left = false;
+        for (i, idx) in (first..first + count).enumerate() {
+            let entry = table.get(idx);
+            if entry.kind(true) != EntryKind::Leaf {
+                left |= entry.raw() != 0;
+                continue;
+            }
+            let gpa = start + (i << SHIFT);
+            let new = op.leaf(gpa, PageSize::Size4K, gpa, gpa + (1 << SHIFT), entry);
+            if new.raw() == entry.raw() {
+                left = true;
+                continue;
+            }
+            table.set(idx, new);
+            changed = true;
+            if new.raw() == 0 {
+                removed += 1;
+            } else {
+                left = true;
+            }
+        }
+        (changed, removed, left)
     }
 
     /// Replaces the huge leaf at `table[idx]` by a table of 512 leaves of the
