@@ -296,35 +296,35 @@ fn run<F: NptFormat>(input: &Input) {
             lazy_alloc: records.len() % 2 == 1,
             allocate_identical: false,
         };
+        // ROM is always populated; MAP_ALLOC only when not lazy.
         let eager: u64 = records
             .iter()
-            .filter(|r| r[3] == 0 || r[3] == 4)
+            .filter(|r| r[3] == 4 || (r[3] == 0 && !opts.lazy_alloc))
             .map(|r| r[1])
             .fold(0, u64::saturating_add);
         let small =
             window.size() <= 16 * G1 || records.iter().all(|r| r[1] <= PASSTHROUGH_MAX as u64);
-        let space =
-            if !records.is_empty() && small && (opts.lazy_alloc || eager <= EAGER_TOTAL as u64) {
-                match GuestAddrSpace::<F, _>::from_config(&alloc, window, &records, opts) {
-                    Ok((s, flush)) => {
-                        flush.ignore();
-                        Some(s)
-                    }
-                    Err(e) => {
-                        assert!(
-                            matches!(
-                                e,
-                                AspaceError::Config { .. } | AspaceError::ConfigPlacement { .. }
-                            ),
-                            "{e:?}"
-                        );
-                        assert_eq!(alloc.inner().live_frames(), 0, "failed from_config leaked");
-                        None
-                    }
+        let space = if !records.is_empty() && small && eager <= EAGER_TOTAL as u64 {
+            match GuestAddrSpace::<F, _>::from_config(&alloc, window, &records, opts) {
+                Ok((s, flush)) => {
+                    flush.ignore();
+                    Some(s)
                 }
-            } else {
-                None
-            };
+                Err(e) => {
+                    assert!(
+                        matches!(
+                            e,
+                            AspaceError::Config { .. } | AspaceError::ConfigPlacement { .. }
+                        ),
+                        "{e:?}"
+                    );
+                    assert_eq!(alloc.inner().live_frames(), 0, "failed from_config leaked");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let space = space
             .unwrap_or_else(|| GuestAddrSpace::<F, _>::new(&alloc, window).expect("valid window"));
         let mut h = Harness::<F> {

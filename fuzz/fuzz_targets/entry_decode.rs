@@ -180,10 +180,18 @@ fn entry<E: NestedEntry + core::fmt::Debug>(raw: u64, flags: MappingFlags, addr:
         );
         // A type that new_page can make round-trips exactly (this caught
         // NPT encoding UNCACHED as PCD:PWT = 11, which decodes as DEVICE).
-        for mt in [MappingFlags::empty(), MappingFlags::UNCACHED, MappingFlags::DEVICE] {
+        for mt in [
+            MappingFlags::empty(),
+            MappingFlags::UNCACHED,
+            MappingFlags::DEVICE,
+        ] {
             let made = E::new_page(p, (f & rwx) | mt, huge);
             let back = E::new_page(p, made.flags(), huge);
-            assert_eq!(back.flags(), made.flags(), "{made:?} rebuilt as {back:?}: flags");
+            assert_eq!(
+                back.flags(),
+                made.flags(),
+                "{made:?} rebuilt as {back:?}: flags"
+            );
         }
         assert_eq!(again.kind(last), EntryKind::Leaf, "{again:?} is not a leaf");
     }

@@ -487,6 +487,9 @@ impl<F: NptFormat> Harness<'_, F> {
                 let valid = Self::gpa_ok(gpa, len, K4)
                     && self.hpa_ok(hpa, len, K4)
                     && npt_entry::check_flags(flags).is_ok();
+                // Whether this map can succeed: only then are the leaves at
+                // `gpa` its own (a refused map leaves older, larger ones).
+                let was_free = valid && !self.model.any_mapped(gpa, len);
                 self.map_like(
                     valid,
                     gpa,
@@ -498,7 +501,7 @@ impl<F: NptFormat> Harness<'_, F> {
                     },
                     |m| m.map(gpa, hpa, len, norm::<F>(flags)),
                 );
-                if valid && self.model.query(gpa).is_some() {
+                if was_free && self.model.query(gpa).is_some() {
                     // A huge-policy map must not use leaves larger than the
                     // policy allows.
                     if let Ok(t) = self.t.query(gpa.into()) {
