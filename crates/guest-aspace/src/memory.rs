@@ -87,13 +87,13 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         let mut pos = gpa;
         let end = gpa + len;
         while pos < end {
-            match self.table.query(pos.into()) {
-                Ok(t) => {
-                    let n = (t.size.bytes() - t.size.offset(pos)).min(end - pos);
-                    f(pos - gpa, Some(alloc.phys_to_virt(t.hpa)), n);
+            match self.table.translate_leaf(pos.into()) {
+                Some((hpa, size)) => {
+                    let n = (size.bytes() - size.offset(pos)).min(end - pos);
+                    f(pos - gpa, Some(alloc.phys_to_virt(hpa)), n);
                     pos += n;
                 }
-                Err(_) => {
+                None => {
                     let n = (PAGE - pos % PAGE).min(end - pos);
                     f(pos - gpa, None, n);
                     pos += n;

@@ -653,16 +653,16 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             .ok_or(AspaceError::OutsideWindow { gpa, len })?;
         let mut pos = gpa.as_usize();
         while pos < end {
-            let t = self
+            let (hpa, size) = self
                 .table
-                .query(pos.into())
-                .map_err(|_| AspaceError::NotRam { gpa: pos.into() })?;
-            let n = (t.size.bytes() - t.size.offset(pos)).min(end - pos);
+                .translate_leaf(pos.into())
+                .ok_or(AspaceError::NotRam { gpa: pos.into() })?;
+            let n = (size.bytes() - size.offset(pos)).min(end - pos);
             match out.last_mut() {
-                Some(last) if last.hpa.as_usize() + last.len == t.hpa.as_usize() => last.len += n,
+                Some(last) if last.hpa.as_usize() + last.len == hpa.as_usize() => last.len += n,
                 _ => out.push(HostChunk {
                     gpa: pos.into(),
-                    hpa: t.hpa,
+                    hpa,
                     len: n,
                 }),
             }

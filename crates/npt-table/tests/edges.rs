@@ -410,24 +410,53 @@ fn huge_policy_picks_the_largest_aligned_leaves() {
 
 #[test]
 fn harvest_collects_and_clears_dirty_bits() {
-    use npt_entry::NestedEntry;
     use npt_table::AccessBit;
+    // G-stage leaves are created with A set, and D set when writable (so
+    // hosts without hardware A/D updates never fault on first access): a
+    // fresh mapping harvests as accessed everywhere and dirty where writable.
     let alloc = HostFrameAllocator::new();
-    let mut t = NestedPageTable::<Ept4, _>::new(&alloc).unwrap();
-    t.map_region(gpa(0), hpa(G1), 8 * K4, RW, MapPolicy::Only4K)
+    let mut t = NestedPageTable::<Sv39x4, _>::new(&alloc).unwrap();
+    t.map_region(gpa(0), hpa(G1), 4 * K4, RW, MapPolicy::Only4K)
         .unwrap()
         .ignore();
-    // New leaves: whatever the format sets at creation is harvested once.
-    let mut bitmap = [0u64; 1];
-    t.harvest(gpa(0), 8 * K4, AccessBit::Dirty, &mut bitmap)
+    t.map_region(gpa(4 * K4), hpa(G1 + 4 * K4), 4 * K4, R, MapPolicy::Only4K)
         .unwrap()
         .ignore();
-    let mut again = [0u64; 1];
-    t.harvest(gpa(0), 8 * K4, AccessBit::Dirty, &mut again)
+    let mut dirty = [0u64; 1];
+    let flush = t
+        .harvest(gpa(0), 8 * K4, AccessBit::Dirty, &mut dirty)
+        .unwrap();
+    assert_eq!(dirty[0], 0b0000_1111, "the writable pages were dirty");
+    assert!(
+        flush
+            .ranges()
+            .any(|r| r.start.as_usize() == 0 && r.end.as_usize() >= 4 * K4)
+    );
+    let mut accessed = [0u64; 1];
+    t.harvest(gpa(0), 8 * K4, AccessBit::Accessed, &mut accessed)
         .unwrap()
         .ignore();
-    assert_eq!(again[0], 0, "harvest clears what it reports");
-    let _ = <npt_entry::ept::EptEntry as NestedEntry>::HAS_ACCESSED_DIRTY;
+    assert_eq!(accessed[0], 0b1111_1111);
+    // Harvesting clears what it reports; translations are untouched.
+    let (mut again_d, mut again_a) = ([0u64; 1], [0u64; 1]);
+    let flush = t
+        .harvest(gpa(0), 8 * K4, AccessBit::Dirty, &mut again_d)
+        .unwrap();
+    assert!(flush.is_empty());
+    t.harvest(gpa(0), 8 * K4, AccessBit::Accessed, &mut again_a)
+        .unwrap()
+        .ignore();
+    assert_eq!((again_d[0], again_a[0]), (0, 0));
+    assert_eq!(t.translate(gpa(5 * K4 + 8)), Some(hpa(G1 + 5 * K4 + 8)));
+    // A huge leaf with the bit marks every 4 KiB page of it in the range.
+    t.map(gpa(M2), hpa(2 * G1), PageSize::Size2M, RW)
+        .unwrap()
+        .ignore();
+    let mut big = [0u64; 8];
+    t.harvest(gpa(M2 + 64 * K4), 128 * K4, AccessBit::Dirty, &mut big)
+        .unwrap()
+        .ignore();
+    assert_eq!((big[0], big[1]), (u64::MAX, u64::MAX));
     // Too small a bitmap is refused.
     assert!(
         t.harvest(gpa(0), 65 * K4, AccessBit::Dirty, &mut [0u64; 1])
