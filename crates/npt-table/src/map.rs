@@ -1,5 +1,7 @@
-//! Range maps: plan first (check, count table frames, take them), then
-//! write without any step that can fail.
+//! Maps. A single page is mapped in one walk: the first missing table on
+//! the way fixes how many frames to take, all of them are taken, then the
+//! path and the leaf are written. A range is planned first (check, count
+//! table frames, take them), then written without any step that can fail.
 //!
 //! A range is cut into *runs*: consecutive leaves of one size inside one
 //! table. The planner and the writer cut it the same way, so the number of
@@ -45,7 +47,6 @@ struct Runs<'s, F> {
     src: usize,
     source: Source<'s>,
     max: PageSize,
-    exact: bool,
     _f: core::marker::PhantomData<F>,
 }
 
@@ -61,15 +62,13 @@ impl<F: NptFormat> Iterator for Runs<'_, F> {
         let (size, limit) = match self.source {
             Source::Linear(_) => {
                 let mut size = self.max;
-                if !self.exact {
-                    while size > PageSize::Size4K
-                        && !(size.is_aligned(self.gpa)
-                            && size.is_aligned(self.src)
-                            && remaining >= size.bytes()
-                            && F::level_of(size).is_some())
-                    {
-                        size = size.smaller().unwrap_or(PageSize::Size4K);
-                    }
+                while size > PageSize::Size4K
+                    && !(size.is_aligned(self.gpa)
+                        && size.is_aligned(self.src)
+                        && remaining >= size.bytes()
+                        && F::level_of(size).is_some())
+                {
+                    size = size.smaller().unwrap_or(PageSize::Size4K);
                 }
                 (size, usize::MAX)
             }
@@ -121,7 +120,58 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         flags: MappingFlags,
         policy: MapPolicy,
     ) -> NptResult<TlbFlush> {
-        self.map_linear(gpa, hpa, len, flags, policy.max_size::<F>(), false)
+        self.map_linear(gpa, hpa, len, flags, policy.max_size::<F>())
+    }
+
+    /// Maps one page of `size` at `gpa` to `hpa`, in one walk: tables that
+    /// exist are followed; from the first missing one, the frames for every
+    /// table still needed are taken before anything is written.
+    #[inline]
+    pub fn map(
+        &mut self,
+        gpa: GuestPhysAddr,
+        hpa: HostPhysAddr,
+        size: PageSize,
+        flags: MappingFlags,
+    ) -> NptResult<TlbFlush> {
+        let level = F::level_of(size).ok_or(NptError::UnsupportedPageSize(size))?;
+        Self::check_gpa_range(gpa, size.bytes(), size.bytes())?;
+        self.check_hpa_range(hpa, size.bytes(), size.bytes())?;
+        npt_entry::check_flags(flags)?;
+        let addr = gpa.as_usize();
+        let mut table = self.root_table();
+        let mut l = 0;
+        while l < level {
+            let entry = table.get(F::index(addr, l));
+            match entry.kind(false) {
+                EntryKind::Table => table = self.child(entry),
+                EntryKind::Leaf => return Err(NptError::AlreadyMapped { gpa }),
+                EntryKind::Empty => break,
+            }
+            l += 1;
+        }
+        if l == level && table.get(F::index(addr, level)).raw() != 0 {
+            return Err(NptError::AlreadyMapped { gpa });
+        }
+        let mut stash = Stash::take(&self.alloc, level - l)?;
+        while l < level {
+            let Some(child) = self.new_table(&mut stash) else {
+                debug_assert!(false, "stash sized to the missing tables");
+                break;
+            };
+            table.link(F::index(addr, l), F::Entry::new_table(child.hpa().into()));
+            table = child;
+            l += 1;
+        }
+        table.set(
+            F::index(addr, level),
+            F::Entry::new_page(hpa.into(), flags, size.is_huge()),
+        );
+        self.count_leaves(size, 1, true);
+        stash.give_back(&self.alloc);
+        let mut flush = TlbFlush::none();
+        flush.add(addr, size.bytes());
+        Ok(flush)
     }
 
     /// Maps `frames.len()` pages of 4 KiB at `gpa`, page `i` to `frames[i]`
@@ -152,7 +202,6 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             Source::Frames(frames),
             flags,
             PageSize::Size4K,
-            true,
         )
     }
 
@@ -187,7 +236,6 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             Source::Chunks(chunks),
             flags,
             PageSize::Size4K,
-            true,
         )
     }
 
@@ -198,13 +246,8 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         len: usize,
         flags: MappingFlags,
         max: PageSize,
-        exact: bool,
     ) -> NptResult<TlbFlush> {
-        let align = if exact {
-            max.bytes()
-        } else {
-            PageSize::Size4K.bytes()
-        };
+        let align = PageSize::Size4K.bytes();
         let end = Self::check_gpa_range(gpa, len, align)?;
         self.check_hpa_range(hpa, len, align)?;
         npt_entry::check_flags(flags)?;
@@ -214,17 +257,10 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             Source::Linear(hpa.as_usize()),
             flags,
             max,
-            exact,
         )
     }
 
-    fn runs<'s>(
-        start: usize,
-        end: usize,
-        source: Source<'s>,
-        max: PageSize,
-        exact: bool,
-    ) -> Runs<'s, F> {
+    fn runs<'s>(start: usize, end: usize, source: Source<'s>, max: PageSize) -> Runs<'s, F> {
         let src = match source {
             Source::Linear(hpa) => hpa,
             Source::Frames(_) | Source::Chunks(_) => 0,
@@ -235,7 +271,6 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             src,
             source,
             max,
-            exact,
             _f: core::marker::PhantomData,
         }
     }
@@ -247,17 +282,11 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         src: Source<'_>,
         flags: MappingFlags,
         max: PageSize,
-        exact: bool,
     ) -> NptResult<TlbFlush> {
-        let needed = self.plan_map(Self::runs(start, end, src, max, exact))?;
+        let needed = self.plan_map(Self::runs(start, end, src, max))?;
         let mut stash = Stash::take(&self.alloc, needed)?;
         let mut flush = TlbFlush::none();
-        self.write_map(
-            Self::runs(start, end, src, max, exact),
-            src,
-            flags,
-            &mut stash,
-        );
+        self.write_map(Self::runs(start, end, src, max), src, flags, &mut stash);
         stash.give_back(&self.alloc);
         flush.add(start, end - start);
         Ok(flush)

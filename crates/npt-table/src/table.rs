@@ -423,20 +423,6 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
 
     // ---- single-page operations ----
 
-    /// Maps one page of `size` at `gpa` to `hpa`.
-    pub fn map(
-        &mut self,
-        gpa: GuestPhysAddr,
-        hpa: HostPhysAddr,
-        size: PageSize,
-        flags: MappingFlags,
-    ) -> NptResult<TlbFlush> {
-        if F::level_of(size).is_none() {
-            return Err(NptError::UnsupportedPageSize(size));
-        }
-        self.map_linear(gpa, hpa, size.bytes(), flags, size, true)
-    }
-
     /// Removes the leaf that starts at `gpa`, whatever its size, and returns
     /// what it mapped.
     pub fn unmap(&mut self, gpa: GuestPhysAddr) -> NptResult<(Translation, TlbFlush)> {

@@ -100,7 +100,7 @@ fn each_failure<F: NptFormat>(name: &str, op: Op<F>) {
 }
 
 fn all_ops<F: NptFormat>() {
-    let ops: [(&str, Op<F>); 6] = [
+    let ops: [(&str, Op<F>); 7] = [
         ("map 4K pages across a 1G boundary", |t| {
             t.map_region(
                 (4 * G1 - 3 * M2).into(),
@@ -138,6 +138,15 @@ fn all_ops<F: NptFormat>() {
         }),
         ("unmap inside a 2M leaf", |t| {
             t.unmap_region((2 * G1 + K4).into(), K4).map(|f| f.ignore())
+        }),
+        ("map one 4K page under tables that do not exist yet", |t| {
+            t.map(
+                (6 * G1 + 3 * M2 + 5 * K4).into(),
+                0x7000_0000.into(),
+                PageSize::Size4K,
+                RW,
+            )
+            .map(|f| f.ignore())
         }),
     ];
     for (name, op) in ops {
