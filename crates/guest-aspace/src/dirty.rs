@@ -111,12 +111,8 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             return Err(AspaceError::WrongRegionState { gpa });
         }
         let (start, size, flags) = (region.start, region.size, region.flags);
-        let huge: alloc::vec::Vec<(usize, PageSize)> = region
-            .chunks
-            .iter()
-            .filter(|(_, c)| c.size.is_huge())
-            .map(|(g, c)| (*g, c.size))
-            .collect();
+        let huge: alloc::vec::Vec<(usize, PageSize)> =
+            region.huge.iter().map(|(g, c)| (*g, c.size)).collect();
         let identical = matches!(
             region.backing,
             Backing::Identical | Backing::AllocIdentical | Backing::Linear { .. }

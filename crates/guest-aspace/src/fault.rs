@@ -6,7 +6,7 @@ use npt_entry::NptFormat;
 use npt_table::{FrameAllocator, TlbFlush};
 
 use crate::error::{AspaceError, AspaceResult};
-use crate::region::{Backing, Chunk, RegionKind};
+use crate::region::{Backing, RegionKind};
 use crate::space::GuestAddrSpace;
 
 const PAGE: usize = PageSize::Size4K.bytes();
@@ -87,58 +87,66 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 kind: region.backing.kind(),
             });
         }
-        let (flags, logging, lazy) = (
-            region.flags,
-            region.dirty.is_some(),
-            matches!(region.backing, Backing::Alloc { lazy: true }),
-        );
+        let (flags, logging, lazy) = (region.flags, region.dirty.is_some(), region.is_lazy());
         let page = addr & !(PAGE - 1);
-        match self.table.query(GuestPhysAddr::from_usize(page)) {
-            Ok(t) => {
-                if access == Access::Write && logging && !t.flags.contains(MappingFlags::WRITE) {
-                    self.mark_dirty(page);
-                    let flush = self.table.protect(page.into(), flags)?;
-                    return Ok(FaultOutcome::Fixed(flush));
-                }
-                Ok(FaultOutcome::Fixed(TlbFlush::none()))
-            }
-            Err(_) if lazy => Ok(FaultOutcome::Fixed(
-                self.populate_page(page, access == Access::Write)?,
-            )),
-            Err(_) => Ok(FaultOutcome::Unmapped { gpa }),
+        if self.table.translate_leaf(page.into()).is_none() {
+            return Ok(if lazy {
+                let hot = Some(addr - page);
+                FaultOutcome::Fixed(self.populate_page(page, access == Access::Write, hot)?)
+            } else {
+                FaultOutcome::Unmapped { gpa }
+            });
         }
+        // Mapped: a write while dirty logging write-protects the page, or a
+        // stale TLB entry (nothing to change).
+        if access == Access::Write && logging {
+            let t = self.table.query(page.into())?;
+            if !t.flags.contains(MappingFlags::WRITE) {
+                self.mark_dirty(page);
+                return Ok(FaultOutcome::Fixed(self.table.protect(page.into(), flags)?));
+            }
+        }
+        Ok(FaultOutcome::Fixed(TlbFlush::none()))
     }
 
     /// Allocates, zeroes and maps the lazy page at `page`. While dirty
     /// logging is on the page is mapped without write permission unless
     /// `dirty`, in which case it is marked dirty.
-    pub(crate) fn populate_page(&mut self, page: usize, dirty: bool) -> AspaceResult<TlbFlush> {
+    ///
+    /// `hot`: the byte of the page a guest access is waiting for. The frame
+    /// is then zeroed past the cache except for that byte's line, which is
+    /// zeroed last and stays cached for the access (as Linux clears the
+    /// faulting subpage of a huge page last). `None` (the host is about to
+    /// write the page itself): all of it through the cache.
+    #[inline]
+    pub(crate) fn populate_page(
+        &mut self,
+        page: usize,
+        dirty: bool,
+        hot: Option<usize>,
+    ) -> AspaceResult<TlbFlush> {
         let region = self
             .region_at(page)
             .ok_or(AspaceError::NoRegion { gpa: page.into() })?;
-        let mut flags = region.flags;
-        if region.dirty.is_some() && !dirty {
+        let (mut flags, logging) = (region.flags, region.dirty.is_some());
+        if logging && !dirty {
             flags -= MappingFlags::WRITE;
         }
         let alloc = self.table.allocator();
         let hpa = alloc.alloc_frame().ok_or(AspaceError::NoMemory)?;
-        let chunk = Chunk {
-            hpa,
-            size: PageSize::Size4K,
-        };
-        crate::memory::zero_chunk(alloc, chunk);
+        match hot {
+            Some(hot) => crate::zero::zero_for_access(alloc, hpa, PAGE, hot),
+            None => crate::zero::zero_frames(alloc, hpa, PAGE),
+        }
+        // The leaf is the only record of a single frame (see `Region::huge`).
         let flush = match self.table.map(page.into(), hpa, PageSize::Size4K, flags) {
             Ok(f) => f,
             Err(e) => {
-                self.free_chunks(core::iter::once(chunk));
+                self.table.allocator().dealloc_frames(hpa, 1);
                 return Err(e.into());
             }
         };
-        if let Some(region) = self.region_at_mut(page) {
-            region.chunks.insert(page, chunk);
-        }
-        self.reverse.insert(hpa.as_usize(), (page, PAGE));
-        if dirty {
+        if logging && dirty {
             self.mark_dirty(page);
         }
         Ok(flush)

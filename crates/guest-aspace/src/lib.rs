@@ -54,6 +54,7 @@ mod memory;
 mod region;
 mod shared;
 mod space;
+mod zero;
 
 pub use config::ConfigOptions;
 pub use error::{AspaceError, AspaceResult, PlacementError};

@@ -6,28 +6,15 @@
 //! does not own fails before any byte is copied, naming the first failing
 //! GPA. No reference into guest memory outlives the call.
 
-use gpa_types::{GuestPhysAddr, HostPhysAddr, PageSize};
+use gpa_types::{GuestPhysAddr, PageSize};
 use npt_entry::NptFormat;
 use npt_table::FrameAllocator;
 
 use crate::error::{AspaceError, AspaceResult};
-use crate::region::{Backing, Chunk};
+use crate::region::Backing;
 use crate::space::GuestAddrSpace;
 
 const PAGE: usize = PageSize::Size4K.bytes();
-
-/// Zeroes a freshly allocated owned chunk.
-pub(crate) fn zero_chunk<A: FrameAllocator>(alloc: &A, chunk: Chunk) {
-    zero_bytes(alloc, chunk.hpa, chunk.size.bytes());
-}
-
-/// Zeroes `len` bytes of a fresh allocation at `hpa`.
-pub(crate) fn zero_bytes<A: FrameAllocator>(alloc: &A, hpa: HostPhysAddr, len: usize) {
-    // SAFETY: callers pass an allocation of at least `len` bytes they just
-    // obtained from `alloc` and own exclusively; the allocator contract makes
-    // `phys_to_virt(hpa)` valid for writes of all of it.
-    unsafe { core::ptr::write_bytes(alloc.phys_to_virt(hpa), 0, len) }
-}
 
 /// How a host access treats a region.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -66,10 +53,10 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 return Err(AspaceError::NotRam { gpa: pos.into() });
             }
             let region_end = region.end().min(end);
-            if matches!(region.backing, Backing::Alloc { lazy: true }) {
+            if region.is_lazy() {
                 let mut page = pos & !(PAGE - 1);
                 while page < region_end {
-                    if region.chunk_at(page).is_none() {
+                    if self.table.translate_leaf(page.into()).is_none() {
                         missing(page);
                     }
                     page += PAGE;
@@ -137,7 +124,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         for page in missing {
             // Populating is invisible to the guest (it would read zeros
             // either way), so pages populated before a failure may stay.
-            self.populate_page(page, false)?.ignore();
+            self.populate_page(page, false, None)?.ignore();
         }
         let src = data.as_ptr();
         self.copy(gpa.as_usize(), data.len(), |off, dst, n| {

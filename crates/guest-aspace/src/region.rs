@@ -3,7 +3,7 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use gpa_types::{GuestPhysAddr, GuestPhysAddrRange, HostPhysAddr, MappingFlags, PageSize};
+use gpa_types::{GuestPhysAddrRange, HostPhysAddr, MappingFlags, PageSize};
 
 /// How a region is backed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +70,8 @@ pub enum RegionKind {
     Rom,
 }
 
-/// A run of owned backing: frames allocated together, freed together.
+/// A 2 MiB or 1 GiB run of owned backing: frames allocated together, freed
+/// together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Chunk {
     pub(crate) hpa: HostPhysAddr,
@@ -121,27 +122,17 @@ pub(crate) struct Region {
     pub(crate) size: usize,
     pub(crate) flags: MappingFlags,
     pub(crate) backing: Backing,
-    /// Owned backing by guest address of the chunk's first byte.
-    pub(crate) chunks: BTreeMap<usize, Chunk>,
+    /// Owned 2 MiB and 1 GiB chunks by the guest address of their first
+    /// byte. Single 4 KiB frames are recorded by the table alone: in an
+    /// owned region every mapped 4 KiB page outside these chunks maps one
+    /// frame the space allocated (see `GuestAddrSpace::for_each_owned`).
+    pub(crate) huge: BTreeMap<usize, Chunk>,
     pub(crate) dirty: Option<DirtyLog>,
 }
 
 impl Region {
     pub(crate) fn end(&self) -> usize {
         self.start + self.size
-    }
-
-    pub(crate) fn info(&self) -> RegionInfo {
-        RegionInfo {
-            range: GuestPhysAddrRange::from_start_size(
-                GuestPhysAddr::from_usize(self.start),
-                self.size,
-            ),
-            flags: self.flags,
-            backing: self.backing,
-            populated: self.chunks.values().map(|c| c.size.bytes()).sum(),
-            dirty_logging: self.dirty.is_some(),
-        }
     }
 
     /// The host address backing `gpa` for the pass-through kinds.
@@ -157,9 +148,14 @@ impl Region {
         }
     }
 
-    /// The owned chunk containing `gpa` and its start.
-    pub(crate) fn chunk_at(&self, gpa: usize) -> Option<(usize, Chunk)> {
-        let (&start, &chunk) = self.chunks.range(..=gpa).next_back()?;
+    /// Whether the space maps the region lazily, page by page.
+    pub(crate) fn is_lazy(&self) -> bool {
+        matches!(self.backing, Backing::Alloc { lazy: true })
+    }
+
+    /// The huge chunk containing `gpa` and its start.
+    pub(crate) fn huge_at(&self, gpa: usize) -> Option<(usize, Chunk)> {
+        let (&start, &chunk) = self.huge.range(..=gpa).next_back()?;
         (gpa < start + chunk.size.bytes()).then_some((start, chunk))
     }
 }
@@ -173,7 +169,9 @@ pub struct RegionInfo {
     pub flags: MappingFlags,
     /// What backs it.
     pub backing: Backing,
-    /// Bytes of owned backing allocated so far.
+    /// Bytes of owned backing allocated so far: the whole region for eager
+    /// RAM, ROM and allocated identical memory, the faulted-in pages for
+    /// lazy RAM, zero for memory the space does not own.
     pub populated: usize,
     /// Whether dirty logging is on.
     pub dirty_logging: bool,

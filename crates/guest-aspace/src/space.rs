@@ -63,7 +63,9 @@ pub struct GuestAddrSpace<F: NptFormat, A: FrameAllocator> {
     pub(crate) table: NestedPageTable<F, A>,
     pub(crate) window: (usize, usize),
     pub(crate) regions: BTreeMap<usize, Region>,
-    /// Owned chunks by host address: (guest address, length).
+    /// Owned huge chunks and allocated identical regions by host address:
+    /// (guest address, length). Single 4 KiB frames have no entry (see
+    /// [`GuestAddrSpace::hpa_to_gpa`]).
     pub(crate) reverse: BTreeMap<usize, (usize, usize)>,
 }
 
@@ -130,7 +132,29 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
 
     /// Every region, in GPA order.
     pub fn regions(&self) -> impl Iterator<Item = RegionInfo> + '_ {
-        self.regions.values().map(Region::info)
+        self.regions.values().map(|r| self.info(r))
+    }
+
+    /// The public view of `region`.
+    fn info(&self, region: &Region) -> RegionInfo {
+        let populated = if region.is_lazy() {
+            let mut bytes = 0;
+            let _ = self
+                .table
+                .for_each_mapping(region.start.into(), region.size, |run| bytes += run.len);
+            bytes
+        } else if region.backing.is_owned() {
+            region.size
+        } else {
+            0
+        };
+        RegionInfo {
+            range: GuestPhysAddrRange::from_start_size(region.start.into(), region.size),
+            flags: region.flags,
+            backing: region.backing,
+            populated,
+            dirty_logging: region.dirty.is_some(),
+        }
     }
 
     // ---- region lookup ----
@@ -147,7 +171,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
 
     /// The region containing `gpa`.
     pub fn find_region(&self, gpa: GuestPhysAddr) -> Option<RegionInfo> {
-        self.region_at(gpa.as_usize()).map(Region::info)
+        self.region_at(gpa.as_usize()).map(|r| self.info(r))
     }
 
     /// Whether a region contains `gpa`.
@@ -215,7 +239,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             size,
             flags,
             backing,
-            chunks: BTreeMap::new(),
+            huge: BTreeMap::new(),
             dirty: None,
         };
         self.regions.entry(start).or_insert(region)
@@ -270,46 +294,45 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             self.alloc_chunks(gpa, size)?
         };
         let flush = self.map_owned(gpa, &chunks, flags)?;
-        let region = self.insert(gpa, size, flags, backing);
-        for (g, c) in &chunks {
-            region.chunks.insert(*g, *c);
+        // Huge chunks are recorded; single frames only by their leaves.
+        let mut huge = BTreeMap::new();
+        let mut pos = gpa;
+        for &(hpa, page) in &chunks {
+            if page.is_huge() {
+                huge.insert(pos, Chunk { hpa, size: page });
+                self.reverse.insert(hpa.as_usize(), (pos, page.bytes()));
+            }
+            pos += page.bytes();
         }
-        for (g, c) in chunks {
-            self.reverse.insert(c.hpa.as_usize(), (g, c.size.bytes()));
-        }
+        self.insert(gpa, size, flags, backing).huge = huge;
         Ok(flush)
     }
 
-    /// Maps owned chunks in one all-or-nothing step; frees them on failure.
-    pub(crate) fn map_owned(
+    /// Maps owned chunks back to back from `gpa` in one all-or-nothing
+    /// step; frees them on failure.
+    fn map_owned(
         &mut self,
         gpa: usize,
-        chunks: &[(usize, Chunk)],
+        chunks: &[(HostPhysAddr, PageSize)],
         flags: MappingFlags,
     ) -> AspaceResult<TlbFlush> {
         if chunks.is_empty() {
             return Ok(TlbFlush::none());
         }
-        let list: Vec<(HostPhysAddr, PageSize)> =
-            chunks.iter().map(|(_, c)| (c.hpa, c.size)).collect();
-        match self.table.map_chunks(gpa.into(), &list, flags) {
+        match self.table.map_chunks(gpa.into(), chunks, flags) {
             Ok(flush) => Ok(flush),
             Err(e) => {
-                self.free_chunks(chunks.iter().map(|(_, c)| *c));
+                self.free_chunks(chunks);
                 Err(e.into())
             }
         }
     }
 
     /// Allocates zeroed backing for `[gpa, gpa + size)`, largest frames
-    /// first. All or nothing.
-    pub(crate) fn alloc_chunks(
-        &self,
-        gpa: usize,
-        size: usize,
-    ) -> AspaceResult<Vec<(usize, Chunk)>> {
+    /// first, as chunks laid out back to back from `gpa`. All or nothing.
+    fn alloc_chunks(&self, gpa: usize, size: usize) -> AspaceResult<Vec<(HostPhysAddr, PageSize)>> {
         let alloc = self.table.allocator();
-        let mut chunks: Vec<(usize, Chunk)> = Vec::new();
+        let mut chunks: Vec<(HostPhysAddr, PageSize)> = Vec::new();
         let mut can = [true; 2]; // 1 GiB, 2 MiB still worth trying
         let mut pos = gpa;
         let end = gpa + size;
@@ -339,23 +362,63 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                         size: PageSize::Size4K,
                     },
                     None => {
-                        self.free_chunks(chunks.into_iter().map(|(_, c)| c));
+                        self.free_chunks(&chunks);
                         return Err(AspaceError::NoMemory);
                     }
                 },
             };
-            crate::memory::zero_chunk(alloc, chunk);
-            chunks.push((pos, chunk));
+            // Eager backing is zeroed long before the guest touches it:
+            // bypass the cache (see `zero.rs`).
+            crate::zero::stream_frames(alloc, chunk.hpa, chunk.size.bytes());
+            chunks.push((chunk.hpa, chunk.size));
             pos += chunk.size.bytes();
         }
+        crate::zero::fence();
         Ok(chunks)
     }
 
-    pub(crate) fn free_chunks(&self, chunks: impl Iterator<Item = Chunk>) {
+    fn free_chunks(&self, chunks: &[(HostPhysAddr, PageSize)]) {
         let alloc = self.table.allocator();
-        for c in chunks {
-            alloc.dealloc_frames(c.hpa, c.size.bytes() / PAGE);
+        for &(hpa, size) in chunks {
+            alloc.dealloc_frames(hpa, size.bytes() / PAGE);
         }
+    }
+
+    /// Calls `f(hpa, frames)` for every allocation of owned backing in
+    /// `[lo, hi)` of `region`, a range that does not cut a huge chunk or an
+    /// allocated identical region: the huge chunks, then the single frames
+    /// found in the table's leaves.
+    fn for_each_owned(
+        &self,
+        region: &Region,
+        lo: usize,
+        hi: usize,
+        mut f: impl FnMut(HostPhysAddr, usize),
+    ) {
+        match region.backing {
+            Backing::AllocIdentical => return f(region.start.into(), region.size / PAGE),
+            Backing::Alloc { .. } | Backing::Rom => {}
+            _ => return,
+        }
+        for c in region.huge.range(lo..hi).map(|(_, c)| c) {
+            f(c.hpa, c.size.bytes() / PAGE);
+        }
+        // Regions lie inside the window, so the walk cannot fail.
+        let _ = self.table.for_each_mapping(lo.into(), hi - lo, |run| {
+            let (start, end) = (run.gpa.as_usize(), run.gpa.as_usize() + run.len);
+            let mut pos = start;
+            while pos < end {
+                if let Some((s, c)) = region.huge_at(pos) {
+                    pos = s + c.size.bytes();
+                    continue;
+                }
+                let stop = region.huge.range(pos..end).next().map_or(end, |(s, _)| *s);
+                for page in (pos..stop).step_by(PAGE) {
+                    f(run.hpa + (page - start), 1);
+                }
+                pos = stop;
+            }
+        });
     }
 
     /// Adds a pass-through region with GPA == HPA (`MAP_IDENTICAL` of
@@ -463,7 +526,8 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             .alloc_frames(size / PAGE, align)
             .ok_or(AspaceError::NoMemory)?;
         let free = |s: &Self| s.table.allocator().dealloc_frames(hpa, size / PAGE);
-        crate::memory::zero_bytes(alloc, hpa, size);
+        crate::zero::stream_frames(alloc, hpa, size);
+        crate::zero::fence();
         let gpa = hpa.as_usize();
         if let Err(e) = self.check_free(gpa, size) {
             free(self);
@@ -520,14 +584,27 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 if r.backing == Backing::AllocIdentical && edge != r.start {
                     return Err(AspaceError::CutsBacking { gpa: edge.into() });
                 }
-                if let Some((cs, _)) = r.chunk_at(edge) {
+                if let Some((cs, _)) = r.huge_at(edge) {
                     if cs != edge {
                         return Err(AspaceError::CutsBacking { gpa: edge.into() });
                     }
                 }
             }
         }
-        // Unmap first (the only step that can fail: splitting huge leaves of
+        let starts: Vec<usize> = self
+            .regions
+            .range(..end)
+            .filter(|(_, r)| r.end() > start)
+            .map(|(s, _)| *s)
+            .collect();
+        // Owned backing inside the range, read off while the table still
+        // maps it.
+        let mut owned: Vec<(HostPhysAddr, usize)> = Vec::new();
+        for r in starts.iter().filter_map(|s| self.regions.get(s)) {
+            let (lo, hi) = (start.max(r.start), end.min(r.end()));
+            self.for_each_owned(r, lo, hi, |hpa, frames| owned.push((hpa, frames)));
+        }
+        // Unmap (the only step that can fail: splitting huge leaves of
         // pass-through regions needs frames).
         let flush = match self.table.unmap_region(gpa, len) {
             Ok(f) => f,
@@ -535,35 +612,22 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             Err(e) => return Err(e.into()),
         };
         // Then update the bookkeeping, which cannot fail.
-        let starts: Vec<usize> = self
-            .regions
-            .range(..end)
-            .filter(|(_, r)| r.end() > start)
-            .map(|(s, _)| *s)
-            .collect();
         for s in starts {
-            let Some(mut region) = self.regions.remove(&s) else {
+            let Some(region) = self.regions.remove(&s) else {
                 continue;
             };
             let (lo, hi) = (start.max(region.start), end.min(region.end()));
             if region.backing == Backing::AllocIdentical {
                 self.reverse.remove(&region.start);
-                self.table
-                    .allocator()
-                    .dealloc_frames(region.start.into(), region.size / PAGE);
                 continue;
             }
-            let inside: Vec<usize> = region.chunks.range(lo..hi).map(|(g, _)| *g).collect();
-            for g in inside {
-                if let Some(c) = region.chunks.remove(&g) {
-                    self.reverse.remove(&c.hpa.as_usize());
-                    self.free_chunks(core::iter::once(c));
-                }
+            for c in region.huge.range(lo..hi).map(|(_, c)| c) {
+                self.reverse.remove(&c.hpa.as_usize());
             }
             if region.start < lo {
                 let mut left = region.clone();
                 left.size = lo - region.start;
-                left.chunks = region.chunks.range(..lo).map(|(g, c)| (*g, *c)).collect();
+                left.huge = region.huge.range(..lo).map(|(g, c)| (*g, *c)).collect();
                 left.dirty = region.dirty.as_ref().map(|d| d.slice(0, left.size / PAGE));
                 self.regions.insert(left.start, left);
             }
@@ -571,7 +635,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 let mut right = region.clone();
                 right.start = hi;
                 right.size = region.end() - hi;
-                right.chunks = region.chunks.range(hi..).map(|(g, c)| (*g, *c)).collect();
+                right.huge = region.huge.range(hi..).map(|(g, c)| (*g, *c)).collect();
                 if let Backing::Linear { hpa } = region.backing {
                     right.backing = Backing::Linear {
                         hpa: hpa + (hi - region.start),
@@ -592,33 +656,33 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 self.regions.insert(right.start, right);
             }
         }
+        let alloc = self.table.allocator();
+        for (hpa, frames) in owned {
+            alloc.dealloc_frames(hpa, frames);
+        }
         Ok(flush)
     }
 
     /// Removes every region, frees all owned backing, and leaves an empty
     /// table.
     pub fn clear(&mut self) -> AspaceResult<TlbFlush> {
+        let mut owned: Vec<(HostPhysAddr, usize)> = Vec::new();
+        for r in self.regions.values() {
+            self.for_each_owned(r, r.start, r.end(), |hpa, frames| owned.push((hpa, frames)));
+        }
         let (start, end) = self.window;
         let flush = match self.table.unmap_region(start.into(), end - start) {
             Ok(f) => f,
             Err(NptError::NotMapped { .. }) => TlbFlush::none(),
             Err(e) => return Err(e.into()),
         };
-        self.release_all();
-        Ok(flush)
-    }
-
-    fn release_all(&mut self) {
-        let regions = core::mem::take(&mut self.regions);
-        for region in regions.into_values() {
-            if region.backing == Backing::AllocIdentical {
-                self.table
-                    .allocator()
-                    .dealloc_frames(region.start.into(), region.size / PAGE);
-            }
-            self.free_chunks(region.chunks.into_values());
-        }
+        self.regions.clear();
         self.reverse.clear();
+        let alloc = self.table.allocator();
+        for (hpa, frames) in owned {
+            alloc.dealloc_frames(hpa, frames);
+        }
+        Ok(flush)
     }
 
     // ---- translation ----
@@ -671,8 +735,11 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         Ok(out)
     }
 
-    /// The guest address that maps host address `hpa`: owned backing first,
-    /// then pass-through regions.
+    /// The guest address that maps host address `hpa`: owned huge chunks
+    /// and allocated identical memory, then pass-through regions (both by
+    /// lookup), then RAM backed by single 4 KiB frames, by a walk of its
+    /// leaves: the space keeps no per-page reverse index, which would cost
+    /// every fault and every populated page a tree insert.
     pub fn hpa_to_gpa(&self, hpa: HostPhysAddr) -> Option<GuestPhysAddr> {
         let h = hpa.as_usize();
         if let Some((&start, &(gpa, len))) = self.reverse.range(..=h).next_back() {
@@ -686,17 +753,41 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                     .map(|_| g.into());
             }
         }
-        self.regions.values().find_map(|r| {
+        let passthrough = self.regions.values().find_map(|r| {
             let base = r.passthrough_hpa(r.start)?.as_usize();
             (h >= base && h < base + r.size)
                 .then(|| GuestPhysAddr::from_usize(r.start + (h - base)))
-        })
+        });
+        if passthrough.is_some() {
+            return passthrough;
+        }
+        let mut found = None;
+        for r in self.regions.values() {
+            if !matches!(r.backing, Backing::Alloc { .. } | Backing::Rom) {
+                continue;
+            }
+            let _ = self.table.for_each_mapping(r.start.into(), r.size, |run| {
+                let base = run.hpa.as_usize();
+                if found.is_none() && h >= base && h - base < run.len {
+                    found = Some(GuestPhysAddr::from_usize(run.gpa.as_usize() + (h - base)));
+                }
+            });
+            if found.is_some() {
+                break;
+            }
+        }
+        found
     }
 }
 
 impl<F: NptFormat, A: FrameAllocator> Drop for GuestAddrSpace<F, A> {
     fn drop(&mut self) {
         // Owned frames go back; the table frees its own frames after this.
-        self.release_all();
+        let alloc = self.table.allocator();
+        for r in self.regions.values() {
+            self.for_each_owned(r, r.start, r.end(), |hpa, frames| {
+                alloc.dealloc_frames(hpa, frames)
+            });
+        }
     }
 }

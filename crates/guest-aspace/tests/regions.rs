@@ -362,6 +362,9 @@ fn identical_allocating() {
             (Backing::AllocIdentical, window(g.as_usize(), size))
         );
         assert!(r.backing.is_owned());
+        // All of it is allocated (this read 0 when only chunk records
+        // counted, and an identical allocation has none).
+        assert_eq!(r.populated, size);
         // Owned: the host can write it, and it starts zeroed.
         assert_eq!(s.read_u64(g + 8).unwrap(), 0);
         s.write_u64(g + 8, 0x1122_3344_5566_7788).unwrap();

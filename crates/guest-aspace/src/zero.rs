@@ -1,0 +1,209 @@
+//! Zeroing guest frames before the guest can see them.
+//!
+//! Eagerly populated RAM is zeroed long before the guest touches it, often
+//! gigabytes at a time. Ordinary stores first read every cache line they
+//! write (read-for-ownership) and leave the cache full of zeros; on x86-64
+//! this module uses non-temporal stores instead, which write whole lines
+//! straight to memory (the `populate_1g_eager_*` rows of the README's
+//! benchmark table show the effect). A page a guest fault populates is
+//! zeroed the same way except for the cache line the faulting access
+//! wants, which [`zero_for_access`] zeroes last with ordinary stores so the
+//! retried access finds it cached. Pages the host is about to write itself
+//! go through the cache ([`zero_frames`]).
+//!
+//! - x86-64 with SSE2 enabled (every hosted target): 16-byte `MOVNTDQ`
+//!   stores.
+//! - x86-64 without SSE (kernel targets such as `x86_64-unknown-none`, which
+//!   do not save vector state): 8-byte `MOVNTI` stores from general
+//!   registers.
+//! - Other architectures, Miri, and buffers not 64-byte aligned or sized:
+//!   `write_bytes`.
+//!
+//! Non-temporal stores are weakly ordered: [`fence`] must run after the last
+//! [`stream_frames`] and before the frames become reachable from a table.
+
+use gpa_types::HostPhysAddr;
+use npt_table::FrameAllocator;
+
+/// Bytes written per loop step (one cache line).
+#[cfg_attr(not(all(target_arch = "x86_64", not(miri))), allow(dead_code))]
+const LINE: usize = 64;
+
+/// Zeroes `len` bytes of a fresh allocation at `hpa` with ordinary stores.
+pub(crate) fn zero_frames<A: FrameAllocator>(alloc: &A, hpa: HostPhysAddr, len: usize) {
+    // SAFETY: callers pass an allocation of at least `len` bytes they just
+    // obtained from `alloc` and own exclusively; the allocator contract makes
+    // `phys_to_virt(hpa)` valid for writes of all of it.
+    unsafe { core::ptr::write_bytes(alloc.phys_to_virt(hpa), 0, len) }
+}
+
+/// Zeroes the `len`-byte fresh allocation at `hpa` that an access to its
+/// byte `hot` waits for: every other cache line past the cache, the line of
+/// `hot` last through it; fenced, ready to map.
+pub(crate) fn zero_for_access<A: FrameAllocator>(
+    alloc: &A,
+    hpa: HostPhysAddr,
+    len: usize,
+    hot: usize,
+) {
+    let line = (hot & !(LINE - 1)).min(len.saturating_sub(LINE));
+    let hot_end = (line + LINE).min(len);
+    let ptr = alloc.phys_to_virt(hpa);
+    // SAFETY: as in `zero_frames`; the three ranges split `[0, len)` and
+    // the frames are unreachable from any table until after `fence`.
+    unsafe {
+        zero_streaming(ptr, line);
+        zero_streaming(ptr.add(hot_end), len - hot_end);
+        core::ptr::write_bytes(ptr.add(line), 0, hot_end - line);
+    }
+    fence();
+}
+
+/// Zeroes `len` bytes of a fresh allocation at `hpa` with non-temporal
+/// stores; [`fence`] before mapping it.
+pub(crate) fn stream_frames<A: FrameAllocator>(alloc: &A, hpa: HostPhysAddr, len: usize) {
+    // SAFETY: as in `zero_frames`; the frames are unreachable from any table
+    // until the caller has run `fence`.
+    unsafe { zero_streaming(alloc.phys_to_virt(hpa), len) }
+}
+
+/// Zeroes `len` bytes at `ptr` without pulling them into the cache where
+/// the target allows it.
+///
+/// # Safety
+///
+/// `ptr` must be valid for writes of `len` bytes, and nothing else may
+/// access them until [`fence`] has run.
+pub(crate) unsafe fn zero_streaming(ptr: *mut u8, len: usize) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    if (ptr as usize) % LINE == 0 && len % LINE == 0 {
+        // SAFETY: the caller's contract, and the alignment just checked.
+        unsafe { x86::stream_zero(ptr, len) };
+        return;
+    }
+    // SAFETY: the caller's contract.
+    unsafe { core::ptr::write_bytes(ptr, 0, len) }
+}
+
+/// Orders every earlier [`zero_streaming`] before later stores (the table
+/// entries that publish the frames).
+pub(crate) fn fence() {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    // SAFETY: `SFENCE` only orders stores; it reads and writes no memory or
+    // register the compiler tracks.
+    unsafe {
+        core::arch::asm!("sfence", options(nostack, preserves_flags))
+    };
+    core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
+}
+
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+mod x86 {
+    use super::LINE;
+
+    /// Non-temporal zeroing, one cache line per step.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be 64-byte aligned and valid for writes of `len` bytes, a
+    /// multiple of 64.
+    #[cfg(target_feature = "sse2")]
+    #[target_feature(enable = "sse2")]
+    pub(super) unsafe fn stream_zero(ptr: *mut u8, len: usize) {
+        use core::arch::x86_64::{__m128i, _mm_setzero_si128, _mm_stream_si128};
+        let zero = _mm_setzero_si128();
+        let mut line = ptr.cast::<__m128i>();
+        for _ in 0..len / LINE {
+            // SAFETY: `line` is 16-byte aligned and the four stores stay
+            // inside the current 64-byte line of the caller's buffer.
+            unsafe {
+                _mm_stream_si128(line, zero);
+                _mm_stream_si128(line.add(1), zero);
+                _mm_stream_si128(line.add(2), zero);
+                _mm_stream_si128(line.add(3), zero);
+                line = line.add(4);
+            }
+        }
+    }
+
+    /// Non-temporal zeroing from a general register (`MOVNTI`, part of SSE2
+    /// and so of every x86-64 CPU; it leaves vector registers alone).
+    ///
+    /// # Safety
+    ///
+    /// As for the SSE2 version.
+    #[cfg(not(target_feature = "sse2"))]
+    pub(super) unsafe fn stream_zero(ptr: *mut u8, len: usize) {
+        let mut line = ptr;
+        for _ in 0..len / LINE {
+            // SAFETY: eight 8-byte stores inside the current 64-byte line of
+            // the caller's buffer, which is 8-byte aligned.
+            unsafe {
+                core::arch::asm!(
+                    "movnti [{p}], {z}",
+                    "movnti [{p} + 8], {z}",
+                    "movnti [{p} + 16], {z}",
+                    "movnti [{p} + 24], {z}",
+                    "movnti [{p} + 32], {z}",
+                    "movnti [{p} + 40], {z}",
+                    "movnti [{p} + 48], {z}",
+                    "movnti [{p} + 56], {z}",
+                    p = in(reg) line,
+                    z = in(reg) 0u64,
+                    options(nostack, preserves_flags),
+                );
+                line = line.add(LINE);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Zeroes `[off, off + len)` of a buffer of 0xa5 and checks every byte.
+    fn check(off: usize, len: usize) {
+        // 64-byte aligned storage.
+        #[repr(align(64))]
+        struct Buf([u8; 3 * 4096]);
+        let mut buf = Buf([0xa5; 3 * 4096]);
+        // SAFETY: inside `buf`, which nothing else touches.
+        unsafe { zero_streaming(buf.0.as_mut_ptr().add(off), len) };
+        fence();
+        for (i, b) in buf.0.iter().enumerate() {
+            let inside = (off..off + len).contains(&i);
+            assert_eq!(*b, if inside { 0 } else { 0xa5 }, "byte {i} of {off}+{len}");
+        }
+    }
+
+    #[test]
+    fn aligned_frames_are_zeroed_exactly() {
+        check(0, 4096);
+        check(4096, 2 * 4096);
+        check(64, 128);
+    }
+
+    #[test]
+    fn access_zeroing_clears_the_whole_frame_wherever_the_access_is() {
+        let alloc = npt_table::HostFrameAllocator::new();
+        let hpa = alloc.alloc_frame().unwrap();
+        for hot in [0, 1, 63, 64, 2000, 4032, 4095, 4096, usize::MAX] {
+            // SAFETY: one live frame from `alloc`, owned by this test.
+            unsafe { core::ptr::write_bytes(alloc.phys_to_virt(hpa), 0xa5, 4096) };
+            zero_for_access(&alloc, hpa, 4096, hot);
+            // SAFETY: as above; read after the fence.
+            let frame = unsafe { core::slice::from_raw_parts(alloc.phys_to_virt(hpa), 4096) };
+            assert!(frame.iter().all(|b| *b == 0), "access at {hot}");
+        }
+        alloc.dealloc_frames(hpa, 1);
+    }
+
+    #[test]
+    fn unaligned_or_odd_lengths_fall_back() {
+        check(1, 4096);
+        check(0, 100);
+        check(8, 64);
+        check(4096, 0);
+    }
+}
