@@ -2,22 +2,26 @@
 //! with both address spaces measured in the same run.
 //!
 //! - `guest-aspace`: `GuestAddrSpace<Ept4, _>` over `HandlerAllocator` of
-//!   the heap handler below, capped to 2 MiB runs ([`MaxRun`]) unless a row
+//!   the frame handler below, capped to 2 MiB runs ([`MaxRun`]) unless a row
 //!   says `4k-frames` (single 4 KiB frames only).
 //! - `axaddrspace`: `AddrSpace<Npt>` 0.6. From 0.5.16 on, axaddrspace owns no
 //!   page table: it is generic over its `NestedPageTableOps` trait, and the
 //!   hypervisor (axvm) implements that trait with page-table-generic over its
 //!   `PagingHandler`. [`ax::Npt`] does the same here: page-table-generic 0.9
 //!   with a 4-level EPT entry, table frames and guest RAM frames both from
-//!   the same heap handler as ours. Frames handed to the guest are zeroed in
-//!   `Npt::alloc_frame` (axaddrspace itself does not zero them; ours does),
-//!   so both sides do the same work.
+//!   the same frame handler as ours. Frames handed to the guest are zeroed
+//!   with `write_bytes` in `Npt::alloc_frame` (axaddrspace itself does not
+//!   zero them; ours does), so both sides zero the same bytes; ours zeroes
+//!   eagerly populated RAM with non-temporal stores, faulted-in pages with
+//!   ordinary ones.
 //! - `memcpy`: a plain host-to-host copy of the same bytes, the ceiling of
 //!   the guest-copy groups.
 //!
-//! Freed heap memory stays in the process (see `keep_heap`), so the
-//! populate and fault groups time the address spaces and the zeroing of
-//! resident memory, not the kernel's first-touch page faults.
+//! Frames come from `npt_benches::ArenaFrames`: one resident arena, freed
+//! runs reused, as a hypervisor's frame allocator hands out host memory. So
+//! the populate and fault groups time the address spaces and the zeroing of
+//! resident memory, not glibc's `memalign` or the kernel's first-touch page
+//! faults, which neither side's code decides.
 //!
 //! Run: `cargo bench -p npt-benches --bench aspace` (about two minutes on
 //! two cores).
@@ -31,7 +35,7 @@ use criterion::{
 };
 use gpa_types::{GuestPhysAddr, GuestPhysAddrRange, HostPhysAddr, MappingFlags};
 use guest_aspace::{Access, FaultOutcome, GuestAddrSpace};
-use npt_benches::{HeapFrames, XorShift64, random_addrs};
+use npt_benches::{ArenaFrames, XorShift64, random_addrs};
 use npt_entry::ept::Ept4;
 use npt_table::{FrameAllocator, HandlerAllocator};
 
@@ -51,29 +55,29 @@ const COPY_REGION: usize = 8 * MIB;
 /// Seed of the random addresses (fixed, so both spaces see the same ones).
 const SEED: u64 = 0x6173_7061_6365;
 
-// ---- the shared heap handler ----
+// ---- the shared frame handler ----
 
-/// The `PagingHandler` both spaces take their frames from: the host heap,
-/// through `npt_benches::HeapFrames` (a copy of the one in `walkers.rs`;
-/// moving it into the library would make page_table_multiarch a normal
-/// dependency).
-mod heap {
+/// The `PagingHandler` both spaces take their frames from: a resident
+/// arena with free lists, `npt_benches::ArenaFrames`, standing in for a
+/// hypervisor's frame allocator (moving this handler into the library would
+/// make page_table_multiarch a normal dependency).
+mod arena {
     use memory_addr::{PhysAddr, VirtAddr};
-    use npt_benches::HeapFrames;
+    use npt_benches::ArenaFrames;
     use page_table_multiarch::PagingHandler;
 
-    /// Frames from the heap, "physical" address = heap address.
-    pub struct HeapHandler;
+    /// Frames from the arena, "physical" address = host virtual address.
+    pub struct ArenaHandler;
 
-    impl PagingHandler for HeapHandler {
+    impl PagingHandler for ArenaHandler {
         fn alloc_frames(num: usize, align: usize) -> Option<PhysAddr> {
-            HeapFrames::alloc(num, align).map(PhysAddr::from)
+            ArenaFrames::alloc(num, align).map(PhysAddr::from)
         }
 
         fn dealloc_frames(paddr: PhysAddr, num: usize) {
             // SAFETY: both address spaces free exactly the frames they
             // allocated through `alloc_frames`, with the same count, once.
-            unsafe { HeapFrames::dealloc(paddr.as_usize(), num) }
+            unsafe { ArenaFrames::dealloc(paddr.as_usize(), num) }
         }
 
         fn phys_to_virt(paddr: PhysAddr) -> VirtAddr {
@@ -84,11 +88,11 @@ mod heap {
 
 // ---- guest-aspace ----
 
-/// `HandlerAllocator<HeapHandler>` that refuses runs longer than `FRAMES`
+/// `HandlerAllocator<ArenaHandler>` that refuses runs longer than `FRAMES`
 /// frames: `MaxRun<512>` gives at most 2 MiB frames, `MaxRun<1>` single
 /// 4 KiB frames only.
 #[derive(Debug, Default, Clone)]
-struct MaxRun<const FRAMES: usize>(HandlerAllocator<heap::HeapHandler>);
+struct MaxRun<const FRAMES: usize>(HandlerAllocator<arena::ArenaHandler>);
 
 // SAFETY: every call that is not refused is forwarded to
 // `HandlerAllocator`, which upholds the contract; a refusal hands out
@@ -146,7 +150,7 @@ mod ax {
     use page_table_multiarch::PagingHandler;
     use ptg::{PhysAddr, VirtAddr};
 
-    use super::heap::HeapHandler;
+    use super::arena::ArenaHandler;
 
     /// An EPT entry (Intel SDM Vol. 3C, 29.3.2) for page-table-generic:
     /// read/write/execute in bits 0-2, memory type in bits 3-5 and the
@@ -237,30 +241,30 @@ mod ax {
         fn flush(_: Option<VirtAddr>) {}
     }
 
-    /// Table frames from [`HeapHandler`], as axvm's adapter takes them from
+    /// Table frames from [`ArenaHandler`], as axvm's adapter takes them from
     /// its `PagingHandler`.
     #[derive(Clone, Copy)]
     pub struct TableFrames;
 
     impl ptg::FrameAllocator for TableFrames {
         fn alloc_frame(&self) -> Option<PhysAddr> {
-            HeapHandler::alloc_frame().map(|pa| PhysAddr::from_usize(pa.as_usize()))
+            ArenaHandler::alloc_frame().map(|pa| PhysAddr::from_usize(pa.as_usize()))
         }
 
         fn dealloc_frame(&self, frame: PhysAddr) {
-            HeapHandler::dealloc_frame(frame.as_usize().into())
+            ArenaHandler::dealloc_frame(frame.as_usize().into())
         }
 
         fn phys_to_virt(&self, paddr: PhysAddr) -> *mut u8 {
-            HeapHandler::phys_to_virt(paddr.as_usize().into()).as_mut_ptr()
+            ArenaHandler::phys_to_virt(paddr.as_usize().into()).as_mut_ptr()
         }
 
         fn alloc_frames(&self, frames: usize, align: usize) -> Option<PhysAddr> {
-            HeapHandler::alloc_frames(frames, align).map(|pa| PhysAddr::from_usize(pa.as_usize()))
+            ArenaHandler::alloc_frames(frames, align).map(|pa| PhysAddr::from_usize(pa.as_usize()))
         }
 
         fn dealloc_frames(&self, start: PhysAddr, frames: usize, _frame_size: usize) {
-            HeapHandler::dealloc_frames(start.as_usize().into(), frames)
+            ArenaHandler::dealloc_frames(start.as_usize().into(), frames)
         }
     }
 
@@ -307,19 +311,19 @@ mod ax {
         }
 
         fn alloc_frame(&self) -> Option<PhysAddr> {
-            let pa = HeapHandler::alloc_frame()?;
+            let pa = ArenaHandler::alloc_frame()?;
             // Guest RAM: zeroed before the guest sees it, as ours does.
-            // SAFETY: a fresh 4 KiB heap frame, owned by the caller.
-            unsafe { core::ptr::write_bytes(HeapHandler::phys_to_virt(pa).as_mut_ptr(), 0, 4096) };
+            // SAFETY: a fresh 4 KiB arena frame, owned by the caller.
+            unsafe { core::ptr::write_bytes(ArenaHandler::phys_to_virt(pa).as_mut_ptr(), 0, 4096) };
             Some(PhysAddr::from_usize(pa.as_usize()))
         }
 
         fn dealloc_frame(&self, paddr: PhysAddr) {
-            HeapHandler::dealloc_frame(paddr.as_usize().into())
+            ArenaHandler::dealloc_frame(paddr.as_usize().into())
         }
 
         fn phys_to_virt(&self, paddr: PhysAddr) -> VirtAddr {
-            VirtAddr::from_usize(HeapHandler::phys_to_virt(paddr.as_usize().into()).as_usize())
+            VirtAddr::from_usize(ArenaHandler::phys_to_virt(paddr.as_usize().into()).as_usize())
         }
 
         fn map(
@@ -749,7 +753,7 @@ fn keep_heap(_: &mut Criterion) {
 /// Every space of every scenario is gone: neither side leaked frames.
 fn no_leaks(_: &mut Criterion) {
     assert_eq!(
-        HeapFrames::live_frames(),
+        ArenaFrames::live_frames(),
         0,
         "an address space leaked frames"
     );

@@ -4,6 +4,8 @@
 //! - [`HeapFrames`]: 4 KiB frames from the host heap with an identity
 //!   "physical" address, stateless so that the peers' static
 //!   `PagingHandler`-style traits can forward to it.
+//! - [`ArenaFrames`]: the same interface over one resident arena with free
+//!   lists, the way a hypervisor's frame allocator hands out host memory.
 //! - [`XorShift64`] and [`random_addrs`]: a fixed-seed generator of
 //!   addresses inside a mapped range, so every walker translates the same
 //!   addresses.
@@ -21,10 +23,18 @@
 //! let addrs = random_addrs(0x4000_0000, 1 << 30, 16, 1);
 //! assert!(addrs.iter().all(|&a| (0x4000_0000..0x8000_0000).contains(&a)));
 //! assert_eq!(addrs, random_addrs(0x4000_0000, 1 << 30, 16, 1));
+//!
+//! let pa = npt_benches::ArenaFrames::alloc(512, 2 << 20).unwrap();
+//! assert_eq!(pa % (2 << 20), 0);
+//! // SAFETY: `pa` came from `ArenaFrames::alloc(512, _)` and is freed once.
+//! unsafe { npt_benches::ArenaFrames::dealloc(pa, 512) };
+//! assert_eq!(npt_benches::ArenaFrames::live_frames(), 0);
 //! ```
 #![warn(missing_docs)]
 
 use std::alloc::{Layout, alloc, dealloc};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Size of one frame.
@@ -98,6 +108,108 @@ impl HeapFrames {
     /// Frames allocated and not yet freed, over every user.
     pub fn live_frames() -> usize {
         LIVE_FRAMES.load(Ordering::Relaxed)
+    }
+}
+
+/// Frames from one arena of host memory that stays resident: a bump
+/// pointer, and freed runs kept on a free list per frame count for reuse.
+///
+/// A hypervisor's frame allocator (a bitmap or buddy allocator over memory
+/// it owns) hands out resident frames in a few tens of nanoseconds;
+/// `memalign` on the glibc heap takes longer, fragments, and page-faults
+/// fresh heap memory in, a cost both address spaces of `benches/aspace.rs`
+/// would share and that is nobody's code under test. New frames are touched
+/// once when the bump pointer first passes them (in the warm-up), so
+/// measured iterations reuse resident frames. Frames are not zeroed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ArenaFrames;
+
+/// Bytes of address space the arena reserves (touched only as used).
+const ARENA_BYTES: usize = 6 << 30;
+
+struct Arena {
+    base: usize,
+    next: usize,
+    /// Freed runs by frame count.
+    free: BTreeMap<usize, Vec<usize>>,
+    live: usize,
+}
+
+static ARENA: Mutex<Option<Arena>> = Mutex::new(None);
+
+impl ArenaFrames {
+    /// Allocates `num` contiguous frames aligned to `align` (a power of two)
+    /// and returns their address; `None` for zero frames or when the arena
+    /// is exhausted.
+    pub fn alloc(num: usize, align: usize) -> Option<usize> {
+        let bytes = num.checked_mul(FRAME_SIZE).filter(|&b| b > 0)?;
+        let mut guard = ARENA.lock().ok()?;
+        let arena = guard.get_or_insert_with(|| {
+            let layout = Layout::from_size_align(ARENA_BYTES, 1 << 30).expect("arena layout");
+            // SAFETY: non-zero size. The block is never freed (the arena
+            // lives as long as the process).
+            let base = unsafe { alloc(layout) };
+            assert!(!base.is_null(), "arena reservation failed");
+            let base = base.expose_provenance();
+            Arena {
+                base,
+                next: base,
+                free: BTreeMap::new(),
+                live: 0,
+            }
+        });
+        let reused = arena.free.get_mut(&num).and_then(|list| {
+            let at = list.iter().rposition(|pa| pa % align == 0)?;
+            Some(list.swap_remove(at))
+        });
+        let pa = match reused {
+            Some(pa) => pa,
+            None => {
+                let pa = arena.next.checked_add(align - 1)? & !(align - 1);
+                let end = pa.checked_add(bytes)?;
+                if end > arena.base + ARENA_BYTES {
+                    return None;
+                }
+                arena.next = end;
+                for page in (pa..end).step_by(FRAME_SIZE) {
+                    // SAFETY: inside the arena, which nothing else uses;
+                    // the first write faults the page in.
+                    unsafe { Self::phys_to_virt(page).write_volatile(0) };
+                }
+                pa
+            }
+        };
+        arena.live += num;
+        Some(pa)
+    }
+
+    /// Frees `num` frames at `pa`.
+    ///
+    /// # Safety
+    ///
+    /// `pa` and `num` must be exactly what one earlier [`ArenaFrames::alloc`]
+    /// call returned and was passed, and the frames must not be freed twice
+    /// or used afterwards.
+    pub unsafe fn dealloc(pa: usize, num: usize) {
+        let mut guard = ARENA.lock().expect("arena lock");
+        if let Some(arena) = guard.as_mut() {
+            arena.live -= num;
+            arena.free.entry(num).or_default().push(pa);
+        }
+    }
+
+    /// The pointer through which the frame at `pa` is accessed.
+    pub fn phys_to_virt(pa: usize) -> *mut u8 {
+        std::ptr::with_exposed_provenance_mut(pa)
+    }
+
+    /// Frames allocated and not yet freed.
+    pub fn live_frames() -> usize {
+        ARENA
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|a| a.live))
+            .unwrap_or(0)
     }
 }
 
