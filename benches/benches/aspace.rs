@@ -500,6 +500,22 @@ fn timed<S>(iters: u64, mut setup: impl FnMut() -> S, mut op: impl FnMut(&mut S)
     total
 }
 
+/// Frames taken by the floor row of `fault_in_4k`, returned (untimed) when
+/// dropped.
+#[derive(Default)]
+struct FloorFrames {
+    alloc: HandlerAllocator<arena::ArenaHandler>,
+    frames: Vec<HostPhysAddr>,
+}
+
+impl Drop for FloorFrames {
+    fn drop(&mut self) {
+        for hpa in self.frames.drain(..) {
+            self.alloc.dealloc_frames(hpa, 1);
+        }
+    }
+}
+
 /// `count` distinct guest pages spread evenly over `[BASE, BASE + len)`, in
 /// a fixed random order.
 fn shuffled_pages(len: usize, count: usize) -> Vec<usize> {
@@ -631,6 +647,20 @@ fn fault_in_4k(c: &mut Criterion) {
     });
     g.bench_function("axaddrspace", |b| {
         b.iter_custom(|iters| timed(iters, || ax_ram(GIB, true), fault_ax))
+    });
+    // What every fault handler must do at least: take a frame from the
+    // same allocator and zero it (nothing looked up, nothing mapped).
+    g.bench_function("floor: alloc + zero", |b| {
+        b.iter_custom(|iters| {
+            timed(iters, FloorFrames::default, |f| {
+                for _ in &pages {
+                    let hpa = f.alloc.alloc_frame().expect("floor frame");
+                    // SAFETY: a fresh frame from `alloc`, owned here.
+                    unsafe { std::ptr::write_bytes(f.alloc.phys_to_virt(hpa), 0, 4096) };
+                    f.frames.push(hpa);
+                }
+            })
+        })
     });
     g.finish();
 }

@@ -91,8 +91,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         let page = addr & !(PAGE - 1);
         if self.table.translate_leaf(page.into()).is_none() {
             return Ok(if lazy {
-                let hot = Some(addr - page);
-                FaultOutcome::Fixed(self.populate_page(page, access == Access::Write, hot)?)
+                FaultOutcome::Fixed(self.populate_page(page, access == Access::Write)?)
             } else {
                 FaultOutcome::Unmapped { gpa }
             });
@@ -112,19 +111,8 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// Allocates, zeroes and maps the lazy page at `page`. While dirty
     /// logging is on the page is mapped without write permission unless
     /// `dirty`, in which case it is marked dirty.
-    ///
-    /// `hot`: the byte of the page a guest access is waiting for. The frame
-    /// is then zeroed past the cache except for that byte's line, which is
-    /// zeroed last and stays cached for the access (as Linux clears the
-    /// faulting subpage of a huge page last). `None` (the host is about to
-    /// write the page itself): all of it through the cache.
     #[inline]
-    pub(crate) fn populate_page(
-        &mut self,
-        page: usize,
-        dirty: bool,
-        hot: Option<usize>,
-    ) -> AspaceResult<TlbFlush> {
+    pub(crate) fn populate_page(&mut self, page: usize, dirty: bool) -> AspaceResult<TlbFlush> {
         let region = self
             .region_at(page)
             .ok_or(AspaceError::NoRegion { gpa: page.into() })?;
@@ -134,10 +122,9 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         }
         let alloc = self.table.allocator();
         let hpa = alloc.alloc_frame().ok_or(AspaceError::NoMemory)?;
-        match hot {
-            Some(hot) => crate::zero::zero_for_access(alloc, hpa, PAGE, hot),
-            None => crate::zero::zero_frames(alloc, hpa, PAGE),
-        }
+        // The guest (or the host write that populates it) touches it next:
+        // zero through the cache (see `zero.rs`).
+        crate::zero::zero_frames(alloc, hpa, PAGE);
         // The leaf is the only record of a single frame (see `Region::huge`).
         let flush = match self.table.map(page.into(), hpa, PageSize::Size4K, flags) {
             Ok(f) => f,

@@ -124,7 +124,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         for page in missing {
             // Populating is invisible to the guest (it would read zeros
             // either way), so pages populated before a failure may stay.
-            self.populate_page(page, false, None)?.ignore();
+            self.populate_page(page, false)?.ignore();
         }
         let src = data.as_ptr();
         self.copy(gpa.as_usize(), data.len(), |off, dst, n| {

@@ -367,11 +367,15 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                     }
                 },
             };
-            // Eager backing is zeroed long before the guest touches it:
-            // bypass the cache (see `zero.rs`).
-            crate::zero::stream_frames(alloc, chunk.hpa, chunk.size.bytes());
             chunks.push((chunk.hpa, chunk.size));
             pos += chunk.size.bytes();
+        }
+        // Eager backing is zeroed long before the guest touches it: bypass
+        // the cache (see `zero.rs`). After every allocation, not between
+        // them: an allocator's lock (a locked instruction on x86) would wait
+        // for the streamed stores of the previous frame to drain.
+        for &(hpa, size) in &chunks {
+            crate::zero::stream_frames(alloc, hpa, size.bytes());
         }
         crate::zero::fence();
         Ok(chunks)

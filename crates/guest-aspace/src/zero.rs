@@ -5,11 +5,11 @@
 //! write (read-for-ownership) and leave the cache full of zeros; on x86-64
 //! this module uses non-temporal stores instead, which write whole lines
 //! straight to memory (the `populate_1g_eager_*` rows of the README's
-//! benchmark table show the effect). A page a guest fault populates is
-//! zeroed the same way except for the cache line the faulting access
-//! wants, which [`zero_for_access`] zeroes last with ordinary stores so the
-//! retried access finds it cached. Pages the host is about to write itself
-//! go through the cache ([`zero_frames`]).
+//! benchmark table show the effect). A page populated on a fault is about
+//! to be touched, and its frame often comes back cache-hot from the
+//! allocator: [`zero_frames`] zeroes it with ordinary stores, as Linux's
+//! `clear_page` does (non-temporal zeroing measured slower on `fault_in_4k`,
+//! where each iteration reuses the frames the previous one freed).
 //!
 //! - x86-64 with SSE2 enabled (every hosted target): 16-byte `MOVNTDQ`
 //!   stores.
@@ -35,28 +35,6 @@ pub(crate) fn zero_frames<A: FrameAllocator>(alloc: &A, hpa: HostPhysAddr, len: 
     // obtained from `alloc` and own exclusively; the allocator contract makes
     // `phys_to_virt(hpa)` valid for writes of all of it.
     unsafe { core::ptr::write_bytes(alloc.phys_to_virt(hpa), 0, len) }
-}
-
-/// Zeroes the `len`-byte fresh allocation at `hpa` that an access to its
-/// byte `hot` waits for: every other cache line past the cache, the line of
-/// `hot` last through it; fenced, ready to map.
-pub(crate) fn zero_for_access<A: FrameAllocator>(
-    alloc: &A,
-    hpa: HostPhysAddr,
-    len: usize,
-    hot: usize,
-) {
-    let line = (hot & !(LINE - 1)).min(len.saturating_sub(LINE));
-    let hot_end = (line + LINE).min(len);
-    let ptr = alloc.phys_to_virt(hpa);
-    // SAFETY: as in `zero_frames`; the three ranges split `[0, len)` and
-    // the frames are unreachable from any table until after `fence`.
-    unsafe {
-        zero_streaming(ptr, line);
-        zero_streaming(ptr.add(hot_end), len - hot_end);
-        core::ptr::write_bytes(ptr.add(line), 0, hot_end - line);
-    }
-    fence();
 }
 
 /// Zeroes `len` bytes of a fresh allocation at `hpa` with non-temporal
@@ -182,21 +160,6 @@ mod tests {
         check(0, 4096);
         check(4096, 2 * 4096);
         check(64, 128);
-    }
-
-    #[test]
-    fn access_zeroing_clears_the_whole_frame_wherever_the_access_is() {
-        let alloc = npt_table::HostFrameAllocator::new();
-        let hpa = alloc.alloc_frame().unwrap();
-        for hot in [0, 1, 63, 64, 2000, 4032, 4095, 4096, usize::MAX] {
-            // SAFETY: one live frame from `alloc`, owned by this test.
-            unsafe { core::ptr::write_bytes(alloc.phys_to_virt(hpa), 0xa5, 4096) };
-            zero_for_access(&alloc, hpa, 4096, hot);
-            // SAFETY: as above; read after the fence.
-            let frame = unsafe { core::slice::from_raw_parts(alloc.phys_to_virt(hpa), 4096) };
-            assert!(frame.iter().all(|b| *b == 0), "access at {hot}");
-        }
-        alloc.dealloc_frames(hpa, 1);
     }
 
     #[test]
