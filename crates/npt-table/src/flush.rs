@@ -28,13 +28,20 @@ pub const FLUSH_RANGES: usize = 8;
 /// Ranges that touch or overlap merge; once more than [`FLUSH_RANGES`]
 /// disjoint ranges accumulate, or the total exceeds
 /// [`TlbFlush::FULL_THRESHOLD`] bytes, the record becomes "everything".
+///
+/// Every mutating call returns one, so it is kept small enough to move
+/// without a `memcpy` call (104 bytes): no range of a record that is not
+/// "everything" is longer than the threshold, so lengths fit in 32 bits.
 #[must_use = "stale translations stay cached until the caller flushes what this record names"]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlbFlush {
-    ranges: [(usize, usize); FLUSH_RANGES],
-    len: usize,
-    /// Bytes the ranges cover.
-    total: usize,
+    /// First byte of each range.
+    starts: [usize; FLUSH_RANGES],
+    /// Length of each range in bytes (at most `FULL_THRESHOLD`).
+    lens: [u32; FLUSH_RANGES],
+    /// Bytes the ranges cover (at most `FULL_THRESHOLD`).
+    total: u32,
+    len: u8,
     all: bool,
 }
 
@@ -52,20 +59,50 @@ impl TlbFlush {
     /// Nothing to flush.
     pub const fn none() -> Self {
         Self {
-            ranges: [(0, 0); FLUSH_RANGES],
-            len: 0,
+            starts: [0; FLUSH_RANGES],
+            lens: [0; FLUSH_RANGES],
             total: 0,
+            len: 0,
             all: false,
         }
     }
 
     /// Everything must be flushed.
     pub const fn all() -> Self {
-        Self {
-            ranges: [(0, 0); FLUSH_RANGES],
-            len: 0,
-            total: 0,
-            all: true,
+        let mut f = Self::none();
+        f.all = true;
+        f
+    }
+
+    /// Range `i` as `(start, end)`.
+    #[inline]
+    fn range(&self, i: usize) -> (usize, usize) {
+        (self.starts[i], self.starts[i] + self.lens[i] as usize)
+    }
+
+    /// Sets range `i` to `[start, end)`, or gives up on ranges when it is
+    /// longer than the threshold.
+    #[inline]
+    fn set_range(&mut self, i: usize, (start, end): (usize, usize)) {
+        match u32::try_from(end - start) {
+            Ok(len) if end - start <= Self::FULL_THRESHOLD => {
+                self.starts[i] = start;
+                self.lens[i] = len;
+            }
+            _ => self.all = true,
+        }
+    }
+
+    /// Recomputes `total` and turns into "everything" past the threshold.
+    #[inline]
+    fn retotal(&mut self) {
+        let total: usize = self.lens[..self.len as usize]
+            .iter()
+            .map(|&l| l as usize)
+            .sum();
+        match u32::try_from(total) {
+            Ok(t) if total <= Self::FULL_THRESHOLD => self.total = t,
+            _ => self.all = true,
         }
     }
 
@@ -79,12 +116,10 @@ impl TlbFlush {
         // Merge with the most recent range first: range operations add in
         // ascending order, so this is the common case.
         let mut merged = None;
-        for (i, r) in self.ranges[..self.len].iter_mut().enumerate().rev() {
+        for i in (0..self.len as usize).rev() {
+            let r = self.range(i);
             if gpa <= r.1 && r.0 <= end {
-                let before = r.1 - r.0;
-                r.0 = r.0.min(gpa);
-                r.1 = r.1.max(end);
-                self.total += (r.1 - r.0) - before;
+                self.set_range(i, (r.0.min(gpa), r.1.max(end)));
                 merged = Some(i);
                 break;
             }
@@ -92,30 +127,30 @@ impl TlbFlush {
         match merged {
             // The grown range may now touch others: fold them in.
             Some(i) => self.coalesce(i),
-            None if self.len == FLUSH_RANGES => self.all = true,
+            None if self.len as usize == FLUSH_RANGES => self.all = true,
             None => {
-                self.ranges[self.len] = (gpa, end);
+                let i = self.len as usize;
                 self.len += 1;
-                self.total += end - gpa;
+                self.set_range(i, (gpa, end));
             }
         }
-        if self.total > Self::FULL_THRESHOLD {
-            self.all = true;
+        if !self.all {
+            self.retotal();
         }
     }
 
     /// Folds every range that touches range `i` into it.
     fn coalesce(&mut self, i: usize) {
         let mut j = 0;
-        while j < self.len {
-            let (a, b) = (self.ranges[i], self.ranges[j]);
+        while j < self.len as usize && !self.all {
+            let (a, b) = (self.range(i), self.range(j));
             if j != i && b.0 <= a.1 && a.0 <= b.1 {
-                let union = (a.0.min(b.0), a.1.max(b.1));
-                self.total = self.total - (a.1 - a.0) - (b.1 - b.0) + (union.1 - union.0);
-                self.ranges[i] = union;
+                self.set_range(i, (a.0.min(b.0), a.1.max(b.1)));
                 self.len -= 1;
-                self.ranges[j] = self.ranges[self.len];
-                if i == self.len {
+                let last = self.len as usize;
+                self.starts[j] = self.starts[last];
+                self.lens[j] = self.lens[last];
+                if i == last {
                     // Range `i` was the last one and moved to `j`.
                     return self.coalesce(j);
                 }
@@ -132,7 +167,8 @@ impl TlbFlush {
             self.all = true;
             return;
         }
-        for (start, end) in other.ranges.into_iter().take(other.len) {
+        for i in 0..other.len as usize {
+            let (start, end) = other.range(i);
             self.add(start, end - start);
         }
     }
@@ -149,8 +185,9 @@ impl TlbFlush {
 
     /// The ranges to flush, unless [`TlbFlush::is_all`].
     pub fn ranges(&self) -> impl Iterator<Item = GuestPhysAddrRange> + '_ {
-        let n = if self.all { 0 } else { self.len };
-        self.ranges[..n].iter().map(|&(s, e)| {
+        let n = if self.all { 0 } else { self.len as usize };
+        (0..n).map(|i| {
+            let (s, e) = self.range(i);
             GuestPhysAddrRange::new(GuestPhysAddr::from_usize(s), GuestPhysAddr::from_usize(e))
         })
     }
@@ -207,6 +244,24 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!((r[0].start.as_usize(), r[0].end.as_usize()), (0, 0x4000));
         assert_eq!(f.total, 0x4000);
+    }
+
+    #[test]
+    fn small_enough_to_move_without_memcpy() {
+        assert_eq!(core::mem::size_of::<TlbFlush>(), 104);
+    }
+
+    #[test]
+    fn a_merge_past_the_threshold_becomes_all() {
+        let mut f = TlbFlush::none();
+        f.add(0, TlbFlush::FULL_THRESHOLD - 0x1000);
+        assert!(!f.is_all());
+        f.add(TlbFlush::FULL_THRESHOLD - 0x1000, 0x2000);
+        assert!(f.is_all());
+        let mut g = TlbFlush::none();
+        g.add(usize::MAX - 0x1000, 0x1000);
+        g.add(0, usize::MAX);
+        assert!(g.is_all());
     }
 
     #[test]
