@@ -923,3 +923,51 @@ fn drop_returns_every_frame() {
     }
     assert_eq!(alloc.live_frames(), 0);
 }
+
+/// Eager RAM whose edges are not 2 MiB aligned: single 4 KiB frames around
+/// one 2 MiB chunk. Single frames have no record but their leaves, so
+/// reverse lookup, partial removal and `clear` must find them there.
+#[test]
+fn single_frames_are_found_through_their_leaves() {
+    let alloc = HostFrameAllocator::new();
+    {
+        let mut s = space(&alloc);
+        let base = 0x4000_0000 + M2 - 2 * K4;
+        s.add_ram(gpa(base), M2 + 4 * K4, RW, false)
+            .unwrap()
+            .ignore();
+        assert_eq!(s.table_stats().leaves_of(PageSize::Size2M), 1);
+        assert_eq!(s.table_stats().leaves_of(PageSize::Size4K), 4);
+        assert_eq!(owned_frames(&s), M2 / K4 + 4);
+        // Every frame maps back to its page: the single frames by a walk of
+        // the leaves, the chunk by its record.
+        for at in [
+            base,
+            base + K4 + 9,
+            base + 2 * K4 + 0x1234,
+            base + M2 + 3 * K4,
+        ] {
+            let h = s.translate(gpa(at)).unwrap();
+            assert_eq!(s.hpa_to_gpa(h), Some(gpa(at)), "reverse of {at:#x}");
+        }
+        // The chunk cannot be cut; the single frames can be removed one by one.
+        assert_eq!(
+            s.remove_range(gpa(base + 3 * K4), K4),
+            Err(AspaceError::CutsBacking {
+                gpa: gpa(base + 3 * K4)
+            })
+        );
+        let gone = s.translate(gpa(base + K4)).unwrap();
+        s.remove_range(gpa(base + K4), K4).unwrap().ignore();
+        assert_eq!(owned_frames(&s), M2 / K4 + 3);
+        assert_eq!(s.hpa_to_gpa(gone), None);
+        let regions: Vec<_> = s.regions().collect();
+        assert_eq!(
+            regions.iter().map(|r| r.populated).collect::<Vec<_>>(),
+            vec![K4, M2 + 2 * K4]
+        );
+        s.clear().unwrap().ignore();
+        assert_eq!(owned_frames(&s), 0);
+    }
+    assert_eq!(alloc.live_frames(), 0);
+}
