@@ -121,7 +121,9 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// Collects the accessed or dirty bits of `[gpa, gpa + len)` into
     /// `bitmap` (bit `i` for the 4 KiB page at `gpa + i * 4096`; a huge leaf
     /// with the bit set marks every 4 KiB page of it that lies in the range)
-    /// and clears them. Bits of pages not set stay as they are in `bitmap`
+    /// and clears them. A huge leaf the range covers only in part keeps its
+    /// bit: it also stands for pages outside the range, which a later
+    /// harvest of those pages must still see. Bits of pages not set stay as they are in `bitmap`
     /// (the caller clears it). Returns the flush record: the hardware sets
     /// the bits again only after stale translations are flushed.
     ///
@@ -147,7 +149,14 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         }
         impl<E: NestedEntry> LeafOp<E> for Harvest<'_> {
             const SPLITS: bool = false;
-            fn leaf(&mut self, _: usize, _: PageSize, lo: usize, hi: usize, mut entry: E) -> E {
+            fn leaf(
+                &mut self,
+                gpa: usize,
+                size: PageSize,
+                lo: usize,
+                hi: usize,
+                mut entry: E,
+            ) -> E {
                 let set = match self.bit {
                     AccessBit::Accessed => entry.is_accessed(),
                     AccessBit::Dirty => entry.is_dirty(),
@@ -160,9 +169,11 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                             *word |= 1 << (page % 64);
                         }
                     }
+                    let whole = lo == gpa && hi == gpa + size.bytes();
                     match self.bit {
-                        AccessBit::Accessed => entry.clear_accessed(),
-                        AccessBit::Dirty => entry.clear_dirty(),
+                        AccessBit::Accessed if whole => entry.clear_accessed(),
+                        AccessBit::Dirty if whole => entry.clear_dirty(),
+                        _ => {}
                     }
                 }
                 entry

@@ -457,10 +457,27 @@ fn harvest_collects_and_clears_dirty_bits() {
         .unwrap()
         .ignore();
     assert_eq!((big[0], big[1]), (u64::MAX, u64::MAX));
-    // Too small a bitmap is refused.
-    assert!(
-        t.harvest(gpa(0), 65 * K4, AccessBit::Dirty, &mut [0u64; 1])
-            .is_err()
+    assert_eq!(big[2..], [0; 6]);
+    // The leaf was only partly harvested: it keeps its bit for the pages
+    // outside that range (clearing it lost their dirtiness), and a harvest
+    // of the whole leaf reports all 512 pages and clears it.
+    let mut rest = [0u64; 8];
+    t.harvest(gpa(M2), M2, AccessBit::Dirty, &mut rest)
+        .unwrap()
+        .ignore();
+    assert_eq!(rest, [u64::MAX; 8]);
+    let mut after = [0u64; 8];
+    t.harvest(gpa(M2), M2, AccessBit::Dirty, &mut after)
+        .unwrap()
+        .ignore();
+    assert_eq!(after, [0; 8]);
+    // Too small a bitmap is refused, naming the words it needs.
+    assert_eq!(
+        t.harvest(gpa(0), 65 * K4, AccessBit::Dirty, &mut [0u64; 1]),
+        Err(NptError::FrameCount {
+            expected: 2,
+            given: 1
+        })
     );
 }
 
