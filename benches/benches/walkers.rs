@@ -390,20 +390,25 @@ fn mapped_4k<W: Walker>(gpa: usize, hpa: usize, len: usize) -> W {
 const GPA_1G: usize = GIB;
 const HPA_1G: usize = 4 * GIB;
 
-fn map_4k_fn<W: Walker>(g: &mut BenchmarkGroup<'_, WallTime>) {
-    let probe = random_addrs(GPA_1G, GIB, 64, SEED);
-    check(&mapped_4k::<W>(GPA_1G, HPA_1G, GIB), GPA_1G, HPA_1G, &probe);
+/// Times `W` mapping `[gpa, gpa + len)` to `hpa` into a fresh table (the
+/// new table and dropping the previous one are not timed).
+fn bench_map<W: Walker>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    gpa: usize,
+    hpa: usize,
+    len: usize,
+    huge: bool,
+) {
     g.bench_function(W::NAME, |b| {
         b.iter_custom(|iters| {
             let mut table: Option<W> = None;
             timed(
                 iters,
                 &mut table,
-                // Dropping the previous (mapped) table is not timed.
                 |t| *t = Some(W::new()),
                 |t| {
                     if let Some(w) = t.as_mut() {
-                        w.map(GPA_1G, HPA_1G, GIB, rw(), false);
+                        w.map(gpa, hpa, len, rw(), huge);
                     }
                 },
             )
@@ -411,10 +416,22 @@ fn map_4k_fn<W: Walker>(g: &mut BenchmarkGroup<'_, WallTime>) {
     });
 }
 
-fn map_1g_4k(c: &mut Criterion) {
-    let mut g = group(c, "map_1g_4k");
+/// A group over the 262,144 pages of 1 GiB, one long iteration per sample.
+fn group_1g_4k<'c>(c: &'c mut Criterion, name: &str) -> BenchmarkGroup<'c, WallTime> {
+    let mut g = group(c, name);
     g.sampling_mode(SamplingMode::Flat)
         .throughput(Throughput::Elements((GIB / (4 * KIB)) as u64));
+    g
+}
+
+fn map_4k_fn<W: Walker>(g: &mut BenchmarkGroup<'_, WallTime>) {
+    let probe = random_addrs(GPA_1G, GIB, 64, SEED);
+    check(&mapped_4k::<W>(GPA_1G, HPA_1G, GIB), GPA_1G, HPA_1G, &probe);
+    bench_map::<W>(g, GPA_1G, HPA_1G, GIB, false);
+}
+
+fn map_1g_4k(c: &mut Criterion) {
+    let mut g = group_1g_4k(c, "map_1g_4k");
     map_4k_fn::<Ours>(&mut g);
     map_4k_fn::<multiarch::Table>(&mut g);
     map_4k_fn::<generic::Table>(&mut g);
@@ -505,9 +522,7 @@ fn protect_fn<W: Walker>(g: &mut BenchmarkGroup<'_, WallTime>) {
 }
 
 fn protect_1g_4k(c: &mut Criterion) {
-    let mut g = group(c, "protect_1g_4k");
-    g.sampling_mode(SamplingMode::Flat)
-        .throughput(Throughput::Elements((GIB / (4 * KIB)) as u64));
+    let mut g = group_1g_4k(c, "protect_1g_4k");
     protect_fn::<Ours>(&mut g);
     protect_fn::<multiarch::Table>(&mut g);
     protect_fn::<generic::Table>(&mut g);
@@ -544,9 +559,7 @@ fn unmap_fn<W: Walker>(g: &mut BenchmarkGroup<'_, WallTime>) {
 }
 
 fn unmap_1g_4k(c: &mut Criterion) {
-    let mut g = group(c, "unmap_1g_4k");
-    g.sampling_mode(SamplingMode::Flat)
-        .throughput(Throughput::Elements((GIB / (4 * KIB)) as u64));
+    let mut g = group_1g_4k(c, "unmap_1g_4k");
     unmap_fn::<Ours>(&mut g);
     unmap_fn::<multiarch::Table>(&mut g);
     unmap_fn::<generic::Table>(&mut g);
@@ -566,21 +579,7 @@ fn map_huge_fn<W: Walker>(g: &mut BenchmarkGroup<'_, WallTime>) {
     w.map(GPA_HUGE, HPA_HUGE, LEN_HUGE, rw(), true);
     check(&w, GPA_HUGE, HPA_HUGE, &probe);
     drop(w);
-    g.bench_function(W::NAME, |b| {
-        b.iter_custom(|iters| {
-            let mut table: Option<W> = None;
-            timed(
-                iters,
-                &mut table,
-                |t| *t = Some(W::new()),
-                |t| {
-                    if let Some(w) = t.as_mut() {
-                        w.map(GPA_HUGE, HPA_HUGE, LEN_HUGE, rw(), true);
-                    }
-                },
-            )
-        })
-    });
+    bench_map::<W>(g, GPA_HUGE, HPA_HUGE, LEN_HUGE, true);
 }
 
 fn map_64g_huge(c: &mut Criterion) {
