@@ -424,6 +424,7 @@ impl NestedEntry for EptEntry {
     /// processor supports it (IA32_VMX_EPT_VPID_CAP bit 21).
     const HAS_ACCESSED_DIRTY: bool = true;
     const PA_BITS: u32 = 52;
+    const FLAG_MASK: u64 = Self::FLAG_BITS;
 
     fn from_raw(bits: u64) -> Self {
         Self(bits)

@@ -134,6 +134,12 @@ pub trait NestedEntry: GenericPTE + PartialEq + Eq + 'static {
     /// How many physical-address bits the address field can hold.
     const PA_BITS: u32;
 
+    /// The bits [`GenericPTE::set_flags`] rewrites in a leaf: those that
+    /// encode `MappingFlags` (rights, memory type) and the leaf encoding.
+    /// Every other bit (the address, hardware-set accessed/dirty state,
+    /// format-specific bits such as Arm's DBM) survives a change of flags.
+    const FLAG_MASK: u64;
+
     /// An entry with exactly these raw bits.
     fn from_raw(bits: u64) -> Self;
 
@@ -189,6 +195,14 @@ pub trait NestedEntry: GenericPTE + PartialEq + Eq + 'static {
     fn write_protected(self, huge: bool) -> Self {
         let flags = self.flags() - page_table_entry::MappingFlags::WRITE;
         Self::new_page(self.paddr(), flags, huge)
+    }
+
+    /// This leaf with the flags of `template` (a leaf of the same encoding
+    /// from [`GenericPTE::new_page`]): `set_flags` without converting the
+    /// flags again, for operations that give many leaves the same flags.
+    #[inline]
+    fn with_flags_of(self, template: Self) -> Self {
+        Self::from_raw((self.raw() & !Self::FLAG_MASK) | (template.raw() & Self::FLAG_MASK))
     }
 
     /// The memory type a leaf gives the guest.

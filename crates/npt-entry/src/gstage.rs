@@ -487,7 +487,7 @@ impl GenericPTE for GStageEntry {
     /// Makes the entry the leaf `new_page` would build for `flags` at the
     /// current PPN, keeping only the PPN and the N bit.
     fn set_flags(&mut self, flags: MappingFlags, is_huge: bool) {
-        let keep = self.0 & (PTE_PPN.mask() | PteFlags::N.bits());
+        let keep = self.0 & !Self::FLAG_MASK;
         let leaf = Self::new_page(PhysAddr::from_usize(0), flags, is_huge);
         self.0 = keep | leaf.0;
     }
@@ -520,6 +520,8 @@ impl NestedEntry for GStageEntry {
     const HAS_ACCESSED_DIRTY: bool = true;
     /// 56: PPN bits 53:10 hold a 44-bit page number.
     const PA_BITS: u32 = 56;
+    /// Everything but the PPN and the Svnapot N bit.
+    const FLAG_MASK: u64 = !(PTE_PPN.mask() | PteFlags::N.bits());
 
     fn from_raw(bits: u64) -> Self {
         Self(bits)

@@ -358,6 +358,7 @@ impl NestedEntry for NptEntry {
     /// write, like a host walk (APM 15.25.5).
     const HAS_ACCESSED_DIRTY: bool = true;
     const PA_BITS: u32 = 52;
+    const FLAG_MASK: u64 = Self::FLAG_BITS;
 
     fn from_raw(bits: u64) -> Self {
         Self(bits)

@@ -490,7 +490,7 @@ impl GenericPTE for Stage2Entry {
     /// [`GenericPTE::new_page`] would; keeps the address, DBM and the
     /// Contiguous hint.
     fn set_flags(&mut self, flags: MappingFlags, is_huge: bool) {
-        let keep = self.0 & (OUTPUT_ADDRESS.mask() | DBM | CONTIGUOUS);
+        let keep = self.0 & !Self::FLAG_MASK;
         let fresh = Self::leaf_bits(0, flags, is_huge, MemoryType::from_flags(flags));
         self.0 = fresh.0 | keep;
     }
@@ -526,6 +526,8 @@ impl NestedEntry for Stage2Entry {
     /// only in software.
     const HAS_ACCESSED_DIRTY: bool = true;
     const PA_BITS: u32 = 48;
+    /// Everything but the output address, DBM and the contiguous hint.
+    const FLAG_MASK: u64 = !(OUTPUT_ADDRESS.mask() | DBM | CONTIGUOUS);
 
     fn from_raw(bits: u64) -> Self {
         Self(bits)

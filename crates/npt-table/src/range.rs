@@ -78,7 +78,8 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     }
 
     /// Sets the flags of every leaf in `[gpa, gpa + len)` (splitting huge
-    /// leaves at the edges). [`NptError::NotMapped`] if nothing is mapped.
+    /// leaves at the edges), keeping each leaf's address and the bits
+    /// outside `NestedEntry::FLAG_MASK` (accessed/dirty state among them). [`NptError::NotMapped`] if nothing is mapped.
     pub fn protect_region(
         &mut self,
         gpa: GuestPhysAddr,
@@ -91,9 +92,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             const SPLITS: bool = true;
             #[inline(always)]
             fn leaf(&mut self, _: usize, size: PageSize, _: usize, _: usize, entry: E) -> E {
-                let mut e = self.0[size.is_huge() as usize];
-                e.set_paddr(entry.paddr());
-                e
+                entry.with_flags_of(self.0[size.is_huge() as usize])
             }
         }
         let templates = [

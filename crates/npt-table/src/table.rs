@@ -446,7 +446,9 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         Ok((t, flush))
     }
 
-    /// Changes the flags of the leaf that starts at `gpa`.
+    /// Changes the flags of the leaf that starts at `gpa`, keeping its
+    /// address and every bit outside `NestedEntry::FLAG_MASK` (hardware-set
+    /// accessed/dirty state among them).
     pub fn protect(&mut self, gpa: GuestPhysAddr, flags: MappingFlags) -> NptResult<TlbFlush> {
         npt_entry::check_flags(flags)?;
         let LeafRef {
@@ -455,10 +457,8 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             entry,
             size,
         } = self.leaf_at(gpa)?;
-        table.set(
-            idx,
-            F::Entry::new_page(entry.paddr(), flags, size.is_huge()),
-        );
+        let template = F::Entry::new_page(0.into(), flags, size.is_huge());
+        table.set(idx, entry.with_flags_of(template));
         let mut flush = TlbFlush::none();
         flush.add(gpa.as_usize(), size.bytes());
         Ok(flush)

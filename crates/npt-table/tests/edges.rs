@@ -586,3 +586,37 @@ fn sv48x4_decodes_and_splits_512g_leaves() {
     drop(t);
     assert_eq!(alloc.live_frames(), 0);
 }
+
+/// Changing flags keeps the bits the hardware set: a leaf the guest dirtied
+/// stays dirty through `protect` and `protect_region` (they rebuilt leaves
+/// from the new flags and dropped EPT's accessed and dirty bits).
+#[test]
+fn protect_keeps_accessed_and_dirty_bits() {
+    use npt_table::AccessBit;
+    let alloc = HostFrameAllocator::new();
+    let mut t = NestedPageTable::<Ept4, _>::new(&alloc).unwrap();
+    t.map(gpa(G1), hpa(4 * G1), PageSize::Size1G, RW)
+        .unwrap()
+        .ignore();
+    // The walker's A/D write, by hand: the 1 GiB leaf is entry 1 of the
+    // table root entry 0 points to (EPT A = bit 8, D = bit 9).
+    let entry = |t: &NestedPageTable<Ept4, &HostFrameAllocator>| -> *mut u64 {
+        let root = alloc.phys_to_virt(t.root_hpa()).cast::<u64>();
+        // SAFETY: the root is a live table of this test's table.
+        let l3 = unsafe { root.read() } & 0x000f_ffff_ffff_f000;
+        // SAFETY: `l3` is the live table root entry 0 points to.
+        unsafe { alloc.phys_to_virt(hpa(l3 as usize)).cast::<u64>().add(1) }
+    };
+    // SAFETY: the leaf entry of a live table; nothing walks it concurrently.
+    unsafe { *entry(&t) |= 0b11 << 8 };
+    t.protect(gpa(G1), MappingFlags::READ).unwrap().ignore();
+    t.protect_region(gpa(G1), G1, RW).unwrap().ignore();
+    // SAFETY: as above.
+    assert_eq!(unsafe { *entry(&t) } & (0b11 << 8), 0b11 << 8);
+    assert_eq!(t.query(gpa(G1)).unwrap().flags, RW);
+    let mut dirty = [0u64; G1 / K4 / 64];
+    t.harvest(gpa(G1), G1, AccessBit::Dirty, &mut dirty)
+        .unwrap()
+        .ignore();
+    assert!(dirty.iter().all(|w| *w == u64::MAX));
+}
