@@ -10,8 +10,13 @@ use gpa_types::HostPhysAddr;
 
 use crate::frames::{FRAME_SIZE, FrameAllocator};
 
+/// The byte every frame of [`HostFrameAllocator`] is filled with when it is
+/// handed out.
+pub const POISON: u8 = 0xa5;
+
 /// Frames from the host heap. The "physical" address of a frame is its heap
-/// address, so `phys_to_virt` is the identity.
+/// address, so `phys_to_virt` is the identity. Frames come filled with
+/// [`POISON`], never zeroed.
 ///
 /// It counts live frames ([`HostFrameAllocator::live_frames`]) so tests can
 /// prove nothing leaks, and panics on a free of something it did not hand
@@ -49,9 +54,9 @@ impl HostFrameAllocator {
 }
 
 // SAFETY: frames come from the global allocator with the requested size and
-// alignment (not zeroed: tables and address spaces zero what they use), and are exclusively the caller's until freed. The
-// address is the pointer's exposed address, and `phys_to_virt` turns it
-// back into that pointer, so offsets carry over.
+// alignment and are exclusively the caller's until freed. The address is
+// the pointer's exposed address, and `phys_to_virt` turns it back into that
+// pointer, so offsets carry over.
 unsafe impl FrameAllocator for HostFrameAllocator {
     fn alloc_frames(&self, count: usize, align: usize) -> Option<HostPhysAddr> {
         if count == 0 {
@@ -64,6 +69,11 @@ unsafe impl FrameAllocator for HostFrameAllocator {
         if ptr.is_null() {
             return None;
         }
+        // Not zeroed, and not left as the OS's fresh zero pages either:
+        // filled with a pattern, so a test of "the guest sees zeros" fails
+        // when a table or address space forgets to zero what it hands out.
+        // SAFETY: `ptr` is a fresh allocation of `layout.size()` bytes.
+        unsafe { ptr.write_bytes(POISON, layout.size()) };
         let addr = ptr.expose_provenance();
         self.allocations
             .lock()

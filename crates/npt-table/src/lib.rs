@@ -66,6 +66,6 @@ pub use error::{NptError, NptResult};
 pub use flush::{FLUSH_RANGES, TlbFlush};
 pub use frames::{FRAME_SIZE, FrameAllocator, HandlerAllocator};
 #[cfg(feature = "std")]
-pub use host::{FailingAllocator, HostFrameAllocator};
+pub use host::{FailingAllocator, HostFrameAllocator, POISON};
 pub use range::{AccessBit, MappedRun};
 pub use table::{MapPolicy, NestedPageTable, TableStats, Translation};

@@ -19,11 +19,11 @@ type Op<F> = fn(&mut Table<'_, F>) -> Result<(), NptError>;
 
 fn state<F: NptFormat, A: FrameAllocator>(
     t: &NestedPageTable<F, A>,
-) -> (Vec<(usize, usize, usize)>, TableStats) {
+) -> (Vec<(usize, usize, usize, MappingFlags)>, TableStats) {
     let mut runs = Vec::new();
     let len = (8 * G1).min(F::GPA_LIMIT as usize);
     t.for_each_mapping(GuestPhysAddr::from(0), len, |r| {
-        runs.push((r.gpa.as_usize(), r.hpa.as_usize(), r.len))
+        runs.push((r.gpa.as_usize(), r.hpa.as_usize(), r.len, r.flags))
     })
     .unwrap();
     (runs, t.stats())
