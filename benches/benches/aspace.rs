@@ -3,11 +3,12 @@
 //!
 //! - `guest-aspace`: `GuestAddrSpace<Ept4, _>` over `HandlerAllocator` of
 //!   the frame handler below, capped to 2 MiB runs ([`MaxRun`]) unless a row
-//!   says `4k-frames` (single 4 KiB frames only).
+//!   says `4k-frames` or the group is `populate_1g_eager_4k` (single 4 KiB
+//!   frames only).
 //! - `axaddrspace`: `AddrSpace<Npt>` 0.6. From 0.5.16 on, axaddrspace owns no
 //!   page table: it is generic over its `NestedPageTableOps` trait, and the
-//!   hypervisor (axvm) implements that trait with page-table-generic over its
-//!   `PagingHandler`. [`ax::Npt`] does the same here: page-table-generic 0.9
+//!   hypervisor implements that trait over a page table of its choice.
+//!   [`ax::Npt`] does so here: page-table-generic 0.9
 //!   with a 4-level EPT entry, table frames and guest RAM frames both from
 //!   the same frame handler as ours. Frames handed to the guest are zeroed
 //!   with `write_bytes` in `Npt::alloc_frame` (axaddrspace itself does not
@@ -371,10 +372,18 @@ mod ax {
             self.0.unmap(gva(start), size).map_err(err)
         }
 
+        /// axaddrspace's lazy fault path calls this for every fault. Map
+        /// first (the fault case: nothing there yet, one walk), and replace
+        /// an existing mapping only when the map reports a conflict.
         fn remap(&mut self, start: GuestPhysAddr, paddr: PhysAddr, flags: MappingFlags) -> bool {
             let start = GuestPhysAddr::from_usize(start.as_usize() & !0xfff);
-            let _ = self.unmap(start);
-            self.map(start, paddr, PageSize::Size4K, flags).is_ok()
+            match self.map(start, paddr, PageSize::Size4K, flags) {
+                Ok(()) => true,
+                Err(_) => {
+                    let _ = self.unmap(start);
+                    self.map(start, paddr, PageSize::Size4K, flags).is_ok()
+                }
+            }
         }
 
         fn protect_region(
