@@ -4,12 +4,14 @@
 //! gigabytes at a time. Ordinary stores first read every cache line they
 //! write (read-for-ownership) and leave the cache full of zeros; on x86-64
 //! this module uses non-temporal stores instead, which write whole lines
-//! straight to memory (the `populate_1g_eager_*` rows of the README's
-//! benchmark table show the effect). A page populated on a fault is about
-//! to be touched, and its frame often comes back cache-hot from the
+//! straight to memory. The `populate_1g_eager_*` benchmark rows include
+//! this against a peer that zeroes with `memset`; no committed benchmark
+//! compares the two ways of zeroing alone. A page populated on a fault is
+//! about to be touched, and its frame often comes back cache-hot from the
 //! allocator: [`zero_frames`] zeroes it with ordinary stores, as Linux's
-//! `clear_page` does (non-temporal zeroing measured slower on `fault_in_4k`,
-//! where each iteration reuses the frames the previous one freed).
+//! `clear_page` does (a one-off `fault_in_4k` run with non-temporal
+//! zeroing was slower; each iteration there reuses the frames the previous
+//! one freed).
 //!
 //! - x86-64 with SSE2 enabled (every hosted target): 16-byte `MOVNTDQ`
 //!   stores.

@@ -24,7 +24,7 @@
 //!   Walk"), so U/S is set in **every** present entry, tables included;
 //! - the nested memory type comes from PAT/PCD/PWT through the host PAT and
 //!   combines with the guest's type (APM 15.25.8); this module only uses
-//!   PAT entries 0 (WB) and 3 (UC), whose values are the same in the
+//!   PAT entries 0-3 (WB, WT, UC-, UC), whose values are the same in the
 //!   power-on PAT and the layout Linux programs;
 //! - NX (bit 63) is only valid when the host had EFER.NXE set at VMRUN,
 //!   which every long-mode hypervisor does.
@@ -202,8 +202,8 @@ impl NptEntry {
     ///
     /// Checks [`check_flags`] and [`check_leaf_address`]. Reads are always
     /// allowed, so execute-only maps readable-executable. `memory_type`
-    /// becomes PCD:PWT as described in the module docs: WB as 00, WT as 01
-    /// (PWT), every other type as 11 (UC). `USER`, `DEVICE` and `UNCACHED`
+    /// becomes PCD:PWT as `cache_field` documents: WB 00, WT 01 (PWT),
+    /// uncached and WC 10 (UC-), device and WP 11 (UC). `USER`, `DEVICE` and `UNCACHED`
     /// in `flags` are ignored.
     ///
     /// `size` picks the encoding only; whether a level may hold such a leaf
@@ -253,7 +253,7 @@ impl fmt::Debug for NptEntry {
 impl GenericPTE for NptEntry {
     /// A leaf: P|U/S when `flags` has any of `READ`/`WRITE`/`EXECUTE` (no
     /// access builds a non-present entry), R/W for `WRITE`, NX without
-    /// `EXECUTE`, PCD|PWT (UC) for `DEVICE` or `UNCACHED`, nothing (WB)
+    /// `EXECUTE`, PCD|PWT (UC) for `DEVICE`, PCD (UC-) for `UNCACHED`, nothing (WB)
     /// otherwise, PS when `is_huge`. G and PAT stay clear.
     ///
     /// Cannot fail: `paddr` is masked to bits 51:12, and to bits 51:21 when
@@ -492,7 +492,7 @@ impl Ncr3 {
     pub const ADDR_MASK: u64 = ADDR_MASK;
 
     /// An nCR3 for the root table at `root`, with PCD:PWT chosen for
-    /// `memory_type` as for leaves (WB 00, WT 01, others 11). Write-back is
+    /// `memory_type` as for leaves (WB 00, WT 01, UC-/WC 10, UC/WP 11). Write-back is
     /// the usual choice.
     pub fn new(root: HostPhysAddr, memory_type: MemoryType) -> Result<Self, Ncr3Error> {
         let raw_root = root.as_usize() as u64;

@@ -393,8 +393,9 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
 
     /// The walk of [`Self::find_leaf`] reduced to what a translation needs
     /// (host address and leaf shift). Kept apart from `find_leaf`, whose
-    /// extra results (table, index, `PageSize`) cost about 1.6× on the
-    /// random-translate benchmark.
+    /// extra results (table, index, `PageSize`) made `translate` about 1.6×
+    /// slower in `translate_random_1g` (`cargo bench -p npt-benches --bench
+    /// walkers`, measured once when the two were folded together).
     #[inline(always)]
     fn translate_raw(&self, gpa: usize) -> Option<(usize, u32)> {
         let mut table = self.root_table();
