@@ -559,6 +559,10 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// frees owned backing inside it, and splits a region the range cuts in
     /// two. Every byte must be covered by regions. Owned regions can only be
     /// cut at boundaries of their backing frames ([`AspaceError::CutsBacking`]).
+    ///
+    /// The freed frames go back to the allocator before this returns, so
+    /// call it with the VM's vCPUs out of guest mode and flush what the
+    /// returned record names before they re-enter (see `npt_table::flush`).
     pub fn remove_range(&mut self, gpa: GuestPhysAddr, len: usize) -> AspaceResult<TlbFlush> {
         let start = gpa.as_usize();
         if len == 0 {
@@ -668,7 +672,8 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     }
 
     /// Removes every region, frees all owned backing, and leaves an empty
-    /// table.
+    /// table. As for [`GuestAddrSpace::remove_range`], the vCPUs must be
+    /// out of guest mode until the returned record is flushed.
     pub fn clear(&mut self) -> AspaceResult<TlbFlush> {
         let mut owned: Vec<(HostPhysAddr, usize)> = Vec::new();
         for r in self.regions.values() {

@@ -70,9 +70,10 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         let mut huge = leaf;
         huge.set_paddr(base.into());
         let _ = first_level;
+        // Unlink the subtree before its frames go back.
+        table.set(idx, huge);
         let mut freed = 0;
         self.release_subtree(child, target + 1, &mut freed);
-        table.set(idx, huge);
         self.count_leaves(size, 1, true);
         let mut flush = TlbFlush::none();
         flush.add(addr, size.bytes());

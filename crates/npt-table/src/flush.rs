@@ -11,6 +11,15 @@
 //! invalid translations, so an `HFENCE.GVMA` is needed before the guest is
 //! sure to see a new mapping.
 //!
+//! Frames are released before the record is returned: table frames a
+//! change unlinks (unmap, collapse), and in `guest-aspace` the owned guest
+//! frames of removed RAM, go back to the allocator inside the call, after
+//! they are unlinked but before the caller has flushed. A vCPU of the VM
+//! running meanwhile could still reach them through cached translations.
+//! Make such changes with the VM's vCPUs out of guest mode, and flush
+//! before they re-enter it. Deferring the release until the flush is done,
+//! as KVM does, is not implemented.
+//!
 //! Splitting a huge leaf (by a partial unmap or protect, or
 //! `split_region`) replaces it with a table entry in one store and names
 //! the whole huge range. Arm requires break-before-make for that change
