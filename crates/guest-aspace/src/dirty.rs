@@ -105,9 +105,9 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// permissions and collapses huge backing into huge leaves again.
     pub fn stop_dirty_log(&mut self, gpa: GuestPhysAddr) -> AspaceResult<TlbFlush> {
         let region = self
-            .region_at_mut(gpa.as_usize())
+            .region_at(gpa.as_usize())
             .ok_or(AspaceError::NoRegion { gpa })?;
-        if region.dirty.take().is_none() {
+        if region.dirty.is_none() {
             return Err(AspaceError::WrongRegionState { gpa });
         }
         let (start, size, flags) = (region.start, region.size, region.flags);
@@ -118,6 +118,12 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             Backing::Identical | Backing::AllocIdentical | Backing::Linear { .. }
         );
         let mut flush = allow_not_mapped(self.table.protect_region(start.into(), size, flags))?;
+        // Logging ends only once write access is back: were the log dropped
+        // first and the protect failed, write-protected pages would fault
+        // forever as stale-TLB faults.
+        if let Some(region) = self.region_at_mut(start) {
+            region.dirty = None;
+        }
         let mut spans = huge;
         if identical {
             // Pass-through memory was mapped with the largest leaves its

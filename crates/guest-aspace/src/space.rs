@@ -521,6 +521,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 align: PAGE,
             });
         }
+        npt_entry::check_flags(flags).map_err(|e| AspaceError::Table(e.into()))?;
         let align = [PageSize::Size1G, PageSize::Size2M]
             .into_iter()
             .find(|p| size >= p.bytes() && *p <= F::MAX_LEAF)
@@ -530,13 +531,15 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             .alloc_frames(size / PAGE, align)
             .ok_or(AspaceError::NoMemory)?;
         let free = |s: &Self| s.table.allocator().dealloc_frames(hpa, size / PAGE);
-        crate::zero::stream_frames(alloc, hpa, size);
-        crate::zero::fence();
         let gpa = hpa.as_usize();
         if let Err(e) = self.check_free(gpa, size) {
             free(self);
             return Err(e);
         }
+        // Zeroed only once the placement is known to fit.
+        let alloc = self.table.allocator();
+        crate::zero::stream_frames(alloc, hpa, size);
+        crate::zero::fence();
         let flush = match self
             .table
             .map_region(gpa.into(), hpa, size, flags, MapPolicy::Huge)

@@ -190,7 +190,13 @@ fn wrong_states_are_refused() {
         Err(AspaceError::WrongRegionState { gpa: gpa(RAM) })
     );
     // A bitmap too small for the region is refused.
-    assert!(s.collect_dirty(gpa(RAM), &mut out).is_err());
+    assert_eq!(
+        s.collect_dirty(gpa(RAM), &mut out),
+        Err(AspaceError::BufferTooSmall {
+            needed: PAGES / 64,
+            given: PAGES / 64 - 1
+        })
+    );
     s.stop_dirty_log(gpa(RAM)).unwrap().ignore();
     assert_eq!(snapshot(&s), before);
 }

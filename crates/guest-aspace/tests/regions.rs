@@ -389,8 +389,15 @@ fn identical_allocating() {
         s.remove_range(g, size).unwrap().ignore();
         assert_eq!(owned_frames(&s), 3);
         assert_eq!(s.translate(g), None);
-        // Zero and unaligned sizes are typed errors.
+        // Zero and unaligned sizes and flags no format accepts are typed
+        // errors, refused before anything is allocated.
         let before = snapshot(&s);
+        let total = alloc.total_frames();
+        assert!(matches!(
+            s.add_identical_alloc(K4, MappingFlags::WRITE),
+            Err(AspaceError::Table(_))
+        ));
+        assert_eq!(alloc.total_frames(), total);
         assert_eq!(
             s.add_identical_alloc(0, RW).map(|_| ()),
             Err(AspaceError::ZeroSize)
