@@ -339,7 +339,10 @@ fn run<F: NptFormat>(input: &Input) {
             h.check();
         }
         alloc.heal();
-        h.s.clear().expect("clear").ignore();
+        let flush = h.s.clear().expect("clear");
+        h.s.complete(flush);
+        h.s.complete_all();
+        assert_eq!(h.s.parked_frames(), 0);
         assert_eq!(h.s.regions().count(), 0);
         assert_eq!(h.s.table_stats().mapped_bytes(), 0);
         assert_eq!(alloc.inner().live_frames(), h.s.table_stats().table_frames);
@@ -1064,7 +1067,7 @@ impl<F: NptFormat> Harness<'_, F> {
             }
             Op::Clear => match self.s.clear() {
                 Ok(f) => {
-                    f.ignore();
+                    self.s.complete(f);
                     self.model = Model::default();
                 }
                 Err(AspaceError::NoMemory) => self.no_memory("clear"),
@@ -1082,7 +1085,9 @@ impl<F: NptFormat> Harness<'_, F> {
     }
 
     fn remove(&mut self, gpa: usize, len: usize) {
-        let r = self.s.remove_range(gpa.into(), len).map(|f| f.ignore());
+        let r = self.s.remove_range(gpa.into(), len).map(|f| {
+            self.s.complete(f);
+        });
         let expect: Result<(), AspaceError> = (|| {
             if len == 0 {
                 return Err(AspaceError::ZeroSize);
@@ -1385,8 +1390,8 @@ impl<F: NptFormat> Harness<'_, F> {
         let stats = self.s.table_stats();
         assert_eq!(
             self.alloc.inner().live_frames(),
-            stats.table_frames + owned_frames,
-            "live frames = table frames + owned backing"
+            stats.table_frames + owned_frames + self.s.parked_frames(),
+            "live frames = table frames + owned backing + parked frames"
         );
     }
 }

@@ -563,9 +563,11 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// two. Every byte must be covered by regions. Owned regions can only be
     /// cut at boundaries of their backing frames ([`AspaceError::CutsBacking`]).
     ///
-    /// The freed frames go back to the allocator before this returns, so
-    /// call it with the VM's vCPUs out of guest mode and flush what the
-    /// returned record names before they re-enter (see `npt_table::flush`).
+    /// Owned frames and emptied table frames are parked in the table until
+    /// the caller completes the returned record
+    /// ([`GuestAddrSpace::complete`]) after flushing what it names: vCPUs
+    /// may keep running, and nothing they still cache can reach a frame
+    /// handed to another owner.
     pub fn remove_range(&mut self, gpa: GuestPhysAddr, len: usize) -> AspaceResult<TlbFlush> {
         let start = gpa.as_usize();
         if len == 0 {
@@ -610,18 +612,10 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             .collect();
         // Owned backing inside the range, read off while the table still
         // maps it.
-        let mut owned: Vec<(HostPhysAddr, usize)> = Vec::new();
-        for r in starts.iter().filter_map(|s| self.regions.get(s)) {
-            let (lo, hi) = (start.max(r.start), end.min(r.end()));
-            self.for_each_owned(r, lo, hi, |hpa, frames| owned.push((hpa, frames)));
-        }
+        let owned = self.collect_owned(starts.iter().map(|&s| (s, start, end)))?;
         // Unmap (the only step that can fail: splitting huge leaves of
         // pass-through regions needs frames).
-        let flush = match self.table.unmap_region(gpa, len) {
-            Ok(f) => f,
-            Err(NptError::NotMapped { .. }) => TlbFlush::none(),
-            Err(e) => return Err(e.into()),
-        };
+        let mut flush = self.unmap_parking(gpa, len, owned.len())?;
         // Then update the bookkeeping, which cannot fail.
         for s in starts {
             let Some(region) = self.regions.remove(&s) else {
@@ -667,34 +661,93 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 self.regions.insert(right.start, right);
             }
         }
-        let alloc = self.table.allocator();
-        for (hpa, frames) in owned {
-            alloc.dealloc_frames(hpa, frames);
-        }
+        self.park_owned(&owned, &mut flush);
         Ok(flush)
     }
 
-    /// Removes every region, frees all owned backing, and leaves an empty
-    /// table. As for [`GuestAddrSpace::remove_range`], the vCPUs must be
-    /// out of guest mode until the returned record is flushed.
+    /// Removes every region, releases all owned backing, and leaves an
+    /// empty table. As for [`GuestAddrSpace::remove_range`], the frames are
+    /// parked until the returned record is completed.
     pub fn clear(&mut self) -> AspaceResult<TlbFlush> {
-        let mut owned: Vec<(HostPhysAddr, usize)> = Vec::new();
-        for r in self.regions.values() {
-            self.for_each_owned(r, r.start, r.end(), |hpa, frames| owned.push((hpa, frames)));
-        }
         let (start, end) = self.window;
-        let flush = match self.table.unmap_region(start.into(), end - start) {
-            Ok(f) => f,
-            Err(NptError::NotMapped { .. }) => TlbFlush::none(),
-            Err(e) => return Err(e.into()),
-        };
+        let owned = self.collect_owned(self.regions.keys().map(|&s| (s, start, end)))?;
+        let mut flush = self.unmap_parking(start.into(), end - start, owned.len())?;
         self.regions.clear();
         self.reverse.clear();
-        let alloc = self.table.allocator();
-        for (hpa, frames) in owned {
-            alloc.dealloc_frames(hpa, frames);
-        }
+        self.park_owned(&owned, &mut flush);
         Ok(flush)
+    }
+
+    /// States that the caller has carried out `flush` (a record this space
+    /// returned) on every CPU that may cache the VM's translations, and
+    /// releases the frames parked under it: table frames and owned guest
+    /// frames that removals unlinked. Returns how many 4 KiB frames went
+    /// back to the allocator. See [`NestedPageTable::complete`].
+    pub fn complete(&mut self, flush: TlbFlush) -> usize {
+        self.table.complete(flush)
+    }
+
+    /// States that a flush of every translation of the VM ran on every CPU
+    /// after the last change, and releases every parked frame. See
+    /// [`NestedPageTable::complete_all`].
+    pub fn complete_all(&mut self) -> usize {
+        self.table.complete_all()
+    }
+
+    /// Frames unlinked by removals and waiting for their flush to be
+    /// completed.
+    pub fn parked_frames(&self) -> usize {
+        self.table.parked_frames()
+    }
+
+    /// Owned allocations (host address, frames) in the parts of regions
+    /// given as `(region start, lo, hi)` that `[lo, hi)` covers. Fallible:
+    /// the list's size follows the caller's range.
+    fn collect_owned(
+        &self,
+        parts: impl Iterator<Item = (usize, usize, usize)> + Clone,
+    ) -> AspaceResult<Vec<(HostPhysAddr, usize)>> {
+        let each = |f: &mut dyn FnMut(HostPhysAddr, usize)| {
+            for (s, lo, hi) in parts.clone() {
+                if let Some(r) = self.regions.get(&s) {
+                    let (lo, hi) = (lo.max(r.start), hi.min(r.end()));
+                    self.for_each_owned(r, lo, hi, &mut *f);
+                }
+            }
+        };
+        let mut count = 0usize;
+        each(&mut |_, _| count += 1);
+        let mut owned = Vec::new();
+        owned
+            .try_reserve_exact(count)
+            .map_err(|_| AspaceError::NoMemory)?;
+        each(&mut |hpa, frames| owned.push((hpa, frames)));
+        Ok(owned)
+    }
+
+    /// Unmaps `[gpa, gpa + len)` after reserving room to park `owned`
+    /// allocations with the table frames the unmap empties. All or nothing.
+    fn unmap_parking(
+        &mut self,
+        gpa: GuestPhysAddr,
+        len: usize,
+        owned: usize,
+    ) -> AspaceResult<TlbFlush> {
+        self.table.reserve_parking(owned)?;
+        match self.table.unmap_region(gpa, len) {
+            Ok(f) => Ok(f),
+            Err(NptError::NotMapped { .. }) => Ok(TlbFlush::none()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Parks owned allocations under `flush` (room reserved by
+    /// [`Self::unmap_parking`]).
+    fn park_owned(&mut self, owned: &[(HostPhysAddr, usize)], flush: &mut TlbFlush) {
+        for &(hpa, frames) in owned {
+            let parked = self.table.park(flush, hpa, frames);
+            debug_assert!(parked.is_ok(), "parking room reserved");
+        }
     }
 
     // ---- translation ----

@@ -414,7 +414,9 @@ fn apply(s: &mut Space<'_>, op: &Op, expected: &Expected) {
             assert_eq!(&got, want, "{op:?}");
         }
         (Op::Remove { .. } | Op::RemoveIn { .. }, Expected::Remove(at, len, want)) => {
-            let got = s.remove_range(gpa(*at), *len).map(|f| f.ignore());
+            let got = s.remove_range(gpa(*at), *len).map(|f| {
+                s.complete(f);
+            });
             assert_eq!(&got, want, "{op:?} at {at:#x} len {len:#x}");
         }
         (Op::Fault { access, .. }, Expected::Fault(at, want)) => {

@@ -98,7 +98,10 @@ fn full_cycle_on_2m_backed_ram() {
         // Logging again works.
         s.start_dirty_log(gpa(RAM)).unwrap().ignore();
         assert_eq!(leaves(&s), (PAGES, 0));
-        s.stop_dirty_log(gpa(RAM)).unwrap().ignore();
+        {
+            let f = s.stop_dirty_log(gpa(RAM)).unwrap();
+            s.complete(f);
+        };
         assert_eq!(leaves(&s), (0, 2));
     }
     assert_eq!(alloc.live_frames(), 0);
@@ -129,7 +132,10 @@ fn lazy_ram_logging() {
     );
     assert_eq!(collect(&mut s, lazy, 128), vec![10, 11, 100]);
     assert!(!writable(&s, lazy + 11 * K4));
-    s.stop_dirty_log(gpa(lazy)).unwrap().ignore();
+    {
+        let f = s.stop_dirty_log(gpa(lazy)).unwrap();
+        s.complete(f);
+    };
     for p in [0, 10, 11, 100] {
         assert!(writable(&s, lazy + p * K4), "page {p}");
     }
@@ -149,7 +155,10 @@ fn identical_pass_through_collapses_back() {
     assert_eq!(leaves(&s), (1 + PAGES, 2));
     let _ = fixed(s.handle_fault(gpa(base + M2), Access::Write).unwrap());
     assert_eq!(collect(&mut s, base, PAGES + 1), vec![M2 / K4]);
-    s.stop_dirty_log(gpa(base)).unwrap().ignore();
+    {
+        let f = s.stop_dirty_log(gpa(base)).unwrap();
+        s.complete(f);
+    };
     assert_eq!(leaves(&s), (1, 4));
     assert_eq!(s.translate(gpa(base + M2 + 3)), Some(hpa(base + M2 + 3)));
     assert!(writable(&s, base + M2 + K4));
@@ -197,7 +206,10 @@ fn wrong_states_are_refused() {
             given: PAGES / 64 - 1
         })
     );
-    s.stop_dirty_log(gpa(RAM)).unwrap().ignore();
+    {
+        let f = s.stop_dirty_log(gpa(RAM)).unwrap();
+        s.complete(f);
+    };
     assert_eq!(snapshot(&s), before);
 }
 
@@ -211,7 +223,10 @@ fn partial_removal_keeps_dirty_bits_of_the_right_piece() {
     let _ = s.handle_fault(gpa(lazy + 6 * K4), Access::Write).unwrap(); // page 6 dirty
     s.write_u8(gpa(lazy + K4), 1).unwrap(); // page 1 dirty
     // Cut pages 2..4: left = pages 0-1, right = pages 4-7 (page 6 is its page 2).
-    s.remove_range(gpa(lazy + 2 * K4), 2 * K4).unwrap().ignore();
+    {
+        let f = s.remove_range(gpa(lazy + 2 * K4), 2 * K4).unwrap();
+        s.complete(f);
+    };
     assert_eq!(
         collect(&mut s, lazy + 4 * K4, 4),
         vec![2],
@@ -228,7 +243,10 @@ fn partial_removal_drops_dirty_bits_past_the_left_piece() {
     s.start_dirty_log(gpa(lazy)).unwrap().ignore();
     let _ = s.handle_fault(gpa(lazy + 3 * K4), Access::Write).unwrap(); // page 3 dirty
     // Keep only pages 0-1.
-    s.remove_range(gpa(lazy + 2 * K4), 6 * K4).unwrap().ignore();
+    {
+        let f = s.remove_range(gpa(lazy + 2 * K4), 6 * K4).unwrap();
+        s.complete(f);
+    };
     // New RAM (not logging) where the dirty page used to be.
     s.add_ram(gpa(lazy + 2 * K4), 6 * K4, RW, false)
         .unwrap()
@@ -300,7 +318,10 @@ fn linear_aligned_collapses_back() {
     s.add_linear(gpa(base), hpa(host), M2, RW).unwrap().ignore();
     s.start_dirty_log(gpa(base)).unwrap().ignore();
     assert_eq!(leaves(&s), (512, 2));
-    s.stop_dirty_log(gpa(base)).unwrap().ignore();
+    {
+        let f = s.stop_dirty_log(gpa(base)).unwrap();
+        s.complete(f);
+    };
     assert_eq!(leaves(&s), (0, 3));
     assert_eq!(s.translate(gpa(base + 0x1234)), Some(hpa(host + 0x1234)));
 }

@@ -73,7 +73,10 @@ fn eager_ram_add<F: NptFormat>() {
             &alloc,
             &mut s,
             &|s| s.add_ram(gpa(g), size, RW, false).map(|f| f.ignore()),
-            &|s| s.remove_range(gpa(g), size).unwrap().ignore(),
+            &|s| {
+                let f = s.remove_range(gpa(g), size).unwrap();
+                s.complete(f);
+            },
         );
         // 3 frames of 2 MiB, 3 of 4 KiB, and table frames.
         assert!(n > 6, "{n}");
@@ -82,7 +85,10 @@ fn eager_ram_add<F: NptFormat>() {
             &alloc,
             &mut s,
             &|s| s.add_rom(gpa(g), 2 * M2 + K4, true).map(|f| f.ignore()),
-            &|s| s.remove_range(gpa(g), 2 * M2 + K4).unwrap().ignore(),
+            &|s| {
+                let f = s.remove_range(gpa(g), 2 * M2 + K4).unwrap();
+                s.complete(f);
+            },
         );
         // After all those failures the space still works.
         s.add_ram(gpa(g), size, RW, false).unwrap().ignore();
@@ -120,7 +126,10 @@ fn pass_through_add_and_split_fail_cleanly() {
                 s.add_identical(gpa(g), 2 * M2 + 5 * K4, RW)
                     .map(|f| f.ignore())
             },
-            &|s| s.remove_range(gpa(g), 2 * M2 + 5 * K4).unwrap().ignore(),
+            &|s| {
+                let f = s.remove_range(gpa(g), 2 * M2 + 5 * K4).unwrap();
+                s.complete(f);
+            },
         );
         every_failure_point(
             &alloc,
@@ -129,19 +138,30 @@ fn pass_through_add_and_split_fail_cleanly() {
                 s.add_mmio(gpa(g), M2, Some(hpa(0xfe00_0000)))
                     .map(|f| f.ignore())
             },
-            &|s| s.remove_range(gpa(g), M2).unwrap().ignore(),
+            &|s| {
+                let f = s.remove_range(gpa(g), M2).unwrap();
+                s.complete(f);
+            },
         );
         // Cutting a 2 MiB pass-through leaf needs a table frame.
         s.add_identical(gpa(g), 2 * M2, RW).unwrap().ignore();
         every_failure_point(
             &alloc,
             &mut s,
-            &|s| s.remove_range(gpa(g + K4), K4).map(|f| f.ignore()),
             &|s| {
-                s.remove_range(gpa(g), K4).unwrap().ignore();
-                s.remove_range(gpa(g + 2 * K4), 2 * M2 - 2 * K4)
-                    .unwrap()
-                    .ignore();
+                s.remove_range(gpa(g + K4), K4).map(|f| {
+                    s.complete(f);
+                })
+            },
+            &|s| {
+                {
+                    let f = s.remove_range(gpa(g), K4).unwrap();
+                    s.complete(f);
+                };
+                {
+                    let f = s.remove_range(gpa(g + 2 * K4), 2 * M2 - 2 * K4).unwrap();
+                    s.complete(f);
+                };
                 s.add_identical(gpa(g), 2 * M2, RW).unwrap().ignore();
             },
         );
@@ -160,7 +180,10 @@ fn identical_alloc_fails_cleanly() {
         let (g, f) = s.add_identical_alloc(2 * M2, RW).unwrap();
         f.ignore();
         let attempts = alloc.attempts();
-        s.remove_range(g, 2 * M2).unwrap().ignore();
+        {
+            let f = s.remove_range(g, 2 * M2).unwrap();
+            s.complete(f);
+        };
         for k in 1..=attempts {
             alloc.fail_from(k);
             assert_eq!(
@@ -186,7 +209,10 @@ fn start_dirty_log_fails_cleanly() {
             &alloc,
             &mut s,
             &|s| s.start_dirty_log(gpa(g)).map(|f| f.ignore()),
-            &|s| s.stop_dirty_log(gpa(g)).unwrap().ignore(),
+            &|s| {
+                let f = s.stop_dirty_log(gpa(g)).unwrap();
+                s.complete(f);
+            },
         );
         assert!(n >= 1);
         assert!(!s.find_region(gpa(g)).unwrap().dirty_logging);

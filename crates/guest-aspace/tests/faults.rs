@@ -201,7 +201,10 @@ fn removed_lazy_page_faults_populate_again_from_zero() {
     let _ = s.handle_fault(gpa(LAZY + K4), Access::Write).unwrap();
     s.write_u64(gpa(LAZY + K4), 77).unwrap();
     // Cut the page out and put lazy RAM back there.
-    s.remove_range(gpa(LAZY + K4), K4).unwrap().ignore();
+    {
+        let f = s.remove_range(gpa(LAZY + K4), K4).unwrap();
+        s.complete(f);
+    };
     assert_eq!(
         s.handle_fault(gpa(LAZY + K4), Access::Read).unwrap(),
         FaultOutcome::Unmapped {
@@ -229,7 +232,10 @@ fn lazy_fault_out_of_memory_changes_nothing() {
         let _ = s.handle_fault(g, Access::Read).unwrap();
         let needed = alloc.attempts();
         assert!(needed >= 2, "frame plus tables: {needed}");
-        s.remove_range(g, 16 * K4).unwrap().ignore();
+        {
+            let f = s.remove_range(g, 16 * K4).unwrap();
+            s.complete(f);
+        };
         s.add_ram(g, 16 * K4, RW, true).unwrap().ignore();
         assert_eq!(snapshot(&s), before, "the removal pruned the tables again");
         assert_eq!(alloc.inner().live_frames(), live);

@@ -136,7 +136,10 @@ fn write_into_mmio_or_hole_fails_and_writes_nothing() {
         })
     );
     // Into the hole from the eager side: the bytes before are untouched.
-    s.remove_range(gpa(EAGER + M2), M2).unwrap().ignore();
+    {
+        let f = s.remove_range(gpa(EAGER + M2), M2).unwrap();
+        s.complete(f);
+    };
     let old = pattern(32, 5);
     s.write(gpa(EAGER + M2 - 32), &old).unwrap();
     assert_eq!(

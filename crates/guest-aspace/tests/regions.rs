@@ -68,7 +68,10 @@ fn eager_ram_1g_aligned_is_one_1g_leaf() {
             );
         }
         assert_eq!(snapshot(&s), before);
-        s.remove_range(gpa(G1), G1).unwrap().ignore();
+        {
+            let f = s.remove_range(gpa(G1), G1).unwrap();
+            s.complete(f);
+        };
         assert_eq!(s.regions().count(), 0);
         assert_eq!(owned_frames(&s), 0);
         assert_eq!(s.translate(gpa(G1)), None);
@@ -138,7 +141,10 @@ fn eager_ram_2m<F: NptFormat>(base: usize) {
         // Removing the middle 2 MiB frame splits the region in two.
         let keep_lo = s.translate(gpa(base + 0x10)).unwrap();
         let keep_hi = s.translate(gpa(base + 2 * M2 + 0x10)).unwrap();
-        s.remove_range(gpa(base + M2), M2).unwrap().ignore();
+        {
+            let f = s.remove_range(gpa(base + M2), M2).unwrap();
+            s.complete(f);
+        };
         let regions: Vec<_> = s.regions().collect();
         assert_eq!(regions.len(), 2);
         assert_eq!(regions[0].range, window(base, M2));
@@ -154,12 +160,16 @@ fn eager_ram_2m<F: NptFormat>(base: usize) {
         assert!(!s.contains(gpa(base + M2)));
         assert_eq!(owned_frames(&s), (size - M2) / K4);
         // A 4 KiB frame at the tail can go alone.
-        s.remove_range(gpa(base + 3 * M2 + K4), K4)
-            .unwrap()
-            .ignore();
+        {
+            let f = s.remove_range(gpa(base + 3 * M2 + K4), K4).unwrap();
+            s.complete(f);
+        };
         assert_eq!(s.regions().count(), 3);
         assert_eq!(owned_frames(&s), (size - M2 - K4) / K4);
-        s.clear().unwrap().ignore();
+        {
+            let f = s.clear().unwrap();
+            s.complete(f);
+        };
         assert_eq!(s.regions().count(), 0);
         assert_eq!(s.table_stats().leaves, [0; 4]);
         assert_eq!(s.table_stats().table_frames, F::ROOT_FRAMES);
@@ -253,7 +263,10 @@ fn lazy_ram_is_empty_until_touched_and_splits_on_partial_removal() {
         );
         // Remove pages 2..4: pages 0-1 and 4-15 stay as two lazy regions.
         let hpa14 = s.translate(gpa(base + 14 * K4)).unwrap();
-        s.remove_range(gpa(base + 2 * K4), 2 * K4).unwrap().ignore();
+        {
+            let f = s.remove_range(gpa(base + 2 * K4), 2 * K4).unwrap();
+            s.complete(f);
+        };
         let regions: Vec<_> = s.regions().collect();
         assert_eq!(regions.len(), 2);
         assert_eq!(
@@ -314,7 +327,10 @@ fn identical_pass_through() {
             (Backing::Identical, 0, RW)
         );
         // Cutting a 2 MiB leaf of pass-through memory is fine: it is split.
-        s.remove_range(gpa(base + K4), K4).unwrap().ignore();
+        {
+            let f = s.remove_range(gpa(base + K4), K4).unwrap();
+            s.complete(f);
+        };
         let regions: Vec<_> = s.regions().collect();
         assert_eq!(regions.len(), 2);
         assert_eq!(regions[0].range, window(base, K4));
@@ -386,7 +402,10 @@ fn identical_allocating() {
         f2.ignore();
         assert_eq!(s.translate(g2 + K4), Some(hpa(g2.as_usize() + K4)));
         assert_eq!(owned_frames(&s), size / K4 + 3);
-        s.remove_range(g, size).unwrap().ignore();
+        {
+            let f = s.remove_range(g, size).unwrap();
+            s.complete(f);
+        };
         assert_eq!(owned_frames(&s), 3);
         assert_eq!(s.translate(g), None);
         // Zero and unaligned sizes and flags no format accepts are typed
@@ -453,7 +472,10 @@ fn linear_pass_through() {
         );
         // Removing the first page: the rest keeps its translation, and its
         // backing now starts one page further in the host.
-        s.remove_range(gpa(base), K4).unwrap().ignore();
+        {
+            let f = s.remove_range(gpa(base), K4).unwrap();
+            s.complete(f);
+        };
         let r = s.find_region(gpa(base + K4)).unwrap();
         assert_eq!(r.range, window(base + K4, size - K4));
         assert_eq!(
@@ -471,7 +493,10 @@ fn linear_pass_through() {
             Some(gpa(base + 3 * K4 + 5))
         );
         // Cutting the middle: the right piece's backing follows.
-        s.remove_range(gpa(base + 4 * K4), K4).unwrap().ignore();
+        {
+            let f = s.remove_range(gpa(base + 4 * K4), K4).unwrap();
+            s.complete(f);
+        };
         let r = s.find_region(gpa(base + 5 * K4)).unwrap();
         assert_eq!(
             r.backing,
@@ -522,9 +547,10 @@ fn mmio_unmapped_and_pass_through() {
         assert!(q.flags.contains(RW));
         assert_eq!(s.hpa_to_gpa(hpa(dev + 0x1000)), Some(gpa(0xa00_1000)));
         // Remove the tail of the pass-through window.
-        s.remove_range(gpa(0xa00_0000 + M2 - K4), K4)
-            .unwrap()
-            .ignore();
+        {
+            let f = s.remove_range(gpa(0xa00_0000 + M2 - K4), K4).unwrap();
+            s.complete(f);
+        };
         assert_eq!(
             s.find_region(gpa(0xa00_0000)).unwrap().range,
             window(0xa00_0000, M2 - K4)
@@ -535,14 +561,20 @@ fn mmio_unmapped_and_pass_through() {
             Some(hpa(dev + M2 - 2 * K4))
         );
         // And the middle of it: the right piece keeps its device offset.
-        s.remove_range(gpa(0xa00_1000), K4).unwrap().ignore();
+        {
+            let f = s.remove_range(gpa(0xa00_1000), K4).unwrap();
+            s.complete(f);
+        };
         assert_eq!(
             s.find_region(gpa(0xa00_2000)).unwrap().backing,
             Backing::Mmio {
                 passthrough: Some(hpa(dev + 0x2000))
             }
         );
-        s.remove_range(gpa(0x900_0000), 2 * K4).unwrap().ignore();
+        {
+            let f = s.remove_range(gpa(0x900_0000), 2 * K4).unwrap();
+            s.complete(f);
+        };
         assert!(!s.contains(gpa(0x900_0000)));
         assert_eq!(owned_frames(&s), 0);
     }
@@ -579,7 +611,10 @@ fn rom_is_owned_read_only() {
         );
         assert_eq!(s.hpa_to_gpa(q.hpa), Some(gpa(base + M2)));
         // Owned backing: partial removal at a page boundary is fine.
-        s.remove_range(gpa(base + 4 * K4), 4 * K4).unwrap().ignore();
+        {
+            let f = s.remove_range(gpa(base + 4 * K4), 4 * K4).unwrap();
+            s.complete(f);
+        };
         assert_eq!(s.regions().count(), 3);
         assert_eq!(owned_frames(&s), 14);
     }
@@ -624,7 +659,10 @@ fn contains_find_and_adjacent_regions() {
     let starts: Vec<usize> = s.regions().map(|r| r.range.start.as_usize()).collect();
     assert_eq!(starts, vec![a, a + 4 * K4, a + 6 * K4, a + 8 * K4]);
     // Removing across three adjacent regions at once.
-    s.remove_range(gpa(a + 2 * K4), 5 * K4).unwrap().ignore();
+    {
+        let f = s.remove_range(gpa(a + 2 * K4), 5 * K4).unwrap();
+        s.complete(f);
+    };
     let ranges: Vec<_> = s.regions().map(|r| r.range).collect();
     assert_eq!(ranges, vec![window(a, 2 * K4), window(a + 8 * K4, K4)]);
     // A removal that meets a hole names it and changes nothing.
@@ -887,15 +925,26 @@ fn clear_removes_every_kind_and_space_is_reusable() {
             .ignore();
         s.add_rom(gpa(0x100_0000), 4 * K4, true).unwrap().ignore();
         assert_eq!(s.regions().count(), 8);
+        let live = alloc.live_frames();
         let flush = s.clear().unwrap();
         assert!(!flush.is_empty());
+        assert!(flush.parks_frames());
         assert_eq!(s.regions().count(), 0);
         assert_eq!(s.table_stats().leaves, [0; 4]);
         assert_eq!(s.table_stats().table_frames, 1);
+        assert_eq!(
+            alloc.live_frames(),
+            live,
+            "nothing is released before the flush is completed"
+        );
+        assert_eq!(s.complete(flush), live - 1);
         assert_eq!(alloc.live_frames(), 1, "only the root is left");
         assert_eq!(s.translate(gpa(0x4000_0000)), None);
         // Clearing an empty space is fine too.
-        s.clear().unwrap().ignore();
+        {
+            let f = s.clear().unwrap();
+            s.complete(f);
+        };
         s.add_ram(gpa(0x4000_0000), 2 * M2, RW, false)
             .unwrap()
             .ignore();
@@ -924,7 +973,10 @@ fn drop_returns_every_frame() {
         s.add_identical(gpa(0x6000_0000), M2 + K4, RW)
             .unwrap()
             .ignore();
-        s.remove_range(gpa(0x6000_0000 + K4), K4).unwrap().ignore();
+        {
+            let f = s.remove_range(gpa(0x6000_0000 + K4), K4).unwrap();
+            s.complete(f);
+        };
         assert!(alloc.live_frames() > 0);
         assert!(alloc.owns(s.root_hpa()));
     }
@@ -965,7 +1017,10 @@ fn single_frames_are_found_through_their_leaves() {
             })
         );
         let gone = s.translate(gpa(base + K4)).unwrap();
-        s.remove_range(gpa(base + K4), K4).unwrap().ignore();
+        {
+            let f = s.remove_range(gpa(base + K4), K4).unwrap();
+            s.complete(f);
+        };
         assert_eq!(owned_frames(&s), M2 / K4 + 3);
         assert_eq!(s.hpa_to_gpa(gone), None);
         let regions: Vec<_> = s.regions().collect();
@@ -973,7 +1028,10 @@ fn single_frames_are_found_through_their_leaves() {
             regions.iter().map(|r| r.populated).collect::<Vec<_>>(),
             vec![K4, M2 + 2 * K4]
         );
-        s.clear().unwrap().ignore();
+        {
+            let f = s.clear().unwrap();
+            s.complete(f);
+        };
         assert_eq!(owned_frames(&s), 0);
     }
     assert_eq!(alloc.live_frames(), 0);

@@ -13,8 +13,9 @@ use crate::table::NestedPageTable;
 #[must_use = "the flush record names stale translations"]
 #[derive(Debug)]
 pub struct Collapsed {
-    /// Table frames given back to the allocator.
-    pub freed_tables: usize,
+    /// Table frames unlinked and parked until `flush` is completed
+    /// ([`NestedPageTable::complete`]).
+    pub retired_tables: usize,
     /// What to invalidate.
     pub flush: TlbFlush,
 }
@@ -49,7 +50,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             EntryKind::Empty => return Err(NptError::NotMapped { gpa }),
             EntryKind::Leaf => {
                 return Ok(Collapsed {
-                    freed_tables: 0,
+                    retired_tables: 0,
                     flush: TlbFlush::none(),
                 });
             }
@@ -64,21 +65,31 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             return Err(NptError::NotCollapsible { gpa });
         }
         let flags = first.flags();
-        self.check_uniform(child, target + 1, addr, base, flags)?;
+        let mut state = 0;
+        self.check_uniform(child, target + 1, addr, base, flags, &mut state)?;
 
-        let leaf = first.with_huge(true);
-        let mut huge = leaf;
+        // The huge leaf keeps the accessed/dirty state of every leaf it
+        // replaces, not only the first one's: a page the hardware dirtied
+        // anywhere in the span must still reach the next harvest.
+        let mut huge = F::Entry::from_raw(first.with_huge(true).raw() | state);
         huge.set_paddr(base.into());
         let _ = first_level;
-        // Unlink the subtree before its frames go back.
+        // Room to park every table of the subtree: at most one per entry
+        // of each level below the target, bounded by what the table has.
+        let bound = (1..F::LEVELS - target)
+            .map(|h| ENTRIES_PER_TABLE.saturating_pow(h as u32 - 1))
+            .fold(0usize, usize::saturating_add)
+            .min(self.stats.table_frames);
+        self.retired.reserve(bound)?;
+        // Unlink the subtree before its frames are parked.
         table.set(idx, huge);
-        let mut freed = 0;
-        self.release_subtree(child, target + 1, &mut freed);
-        self.count_leaves(size, 1, true);
         let mut flush = TlbFlush::none();
         flush.add(addr, size.bytes());
+        let mut retired = 0;
+        self.release_subtree(child, target + 1, &mut retired, &mut flush);
+        self.count_leaves(size, 1, true);
         Ok(Collapsed {
-            freed_tables: freed,
+            retired_tables: retired,
             flush,
         })
     }
@@ -94,7 +105,8 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     }
 
     /// Checks that every entry below `table` is a leaf mapping
-    /// `base + (gpa - table_gpa)` with `flags`.
+    /// `base + (gpa - table_gpa)` with `flags`, and ORs the bits that hold
+    /// each leaf's accessed/dirty state into `state`.
     fn check_uniform(
         &self,
         table: TableRef<F::Entry>,
@@ -102,6 +114,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         table_gpa: usize,
         base: usize,
         flags: MappingFlags,
+        state: &mut u64,
     ) -> NptResult {
         let last = level == F::LEVELS - 1;
         let span = 1usize << F::shift(level);
@@ -118,17 +131,34 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                     if pa != base + i * span || entry.flags() != flags {
                         return Err(bad);
                     }
+                    // The bits clearing the state would change are the
+                    // state (same positions in small and huge leaves).
+                    let mut clean = entry;
+                    clean.clear_accessed();
+                    clean.clear_dirty();
+                    *state |= entry.raw() ^ clean.raw();
                 }
-                EntryKind::Table => {
-                    self.check_uniform(self.child(entry), level + 1, gpa, base + i * span, flags)?
-                }
+                EntryKind::Table => self.check_uniform(
+                    self.child(entry),
+                    level + 1,
+                    gpa,
+                    base + i * span,
+                    flags,
+                    state,
+                )?,
             }
         }
         Ok(())
     }
 
-    /// Frees `table` and every table below it, uncounting their leaves.
-    fn release_subtree(&mut self, table: TableRef<F::Entry>, level: usize, freed: &mut usize) {
+    /// Parks `table` and every table below it, uncounting their leaves.
+    fn release_subtree(
+        &mut self,
+        table: TableRef<F::Entry>,
+        level: usize,
+        retired: &mut usize,
+        flush: &mut TlbFlush,
+    ) {
         let last = level == F::LEVELS - 1;
         for i in 0..ENTRIES_PER_TABLE {
             let entry = table.get(i);
@@ -139,10 +169,12 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                         self.count_leaves(size, 1, false);
                     }
                 }
-                EntryKind::Table => self.release_subtree(self.child(entry), level + 1, freed),
+                EntryKind::Table => {
+                    self.release_subtree(self.child(entry), level + 1, retired, flush)
+                }
             }
         }
-        self.free_table(table);
-        *freed += 1;
+        self.retire_table(table, flush);
+        *retired += 1;
     }
 }

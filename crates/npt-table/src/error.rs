@@ -76,6 +76,18 @@ pub enum NptError {
     },
     /// The frame allocator ran out.
     NoMemory,
+    /// The allocator handed out a table frame (or root) that the table's
+    /// entries cannot point to: it reaches past the physical-address width
+    /// of the format or of the table ([`NestedPageTable::pa_bits`]). The
+    /// frame went back to the allocator and nothing changed.
+    ///
+    /// [`NestedPageTable::pa_bits`]: crate::NestedPageTable::pa_bits
+    TableFrameOutOfRange {
+        /// The frame's host address.
+        hpa: HostPhysAddr,
+        /// The width it had to fit in.
+        pa_bits: u32,
+    },
 }
 
 impl From<EntryError> for NptError {
@@ -151,6 +163,11 @@ impl fmt::Display for NptError {
                 )
             }
             Self::NoMemory => write!(f, "out of frames for page tables"),
+            Self::TableFrameOutOfRange { hpa, pa_bits } => write!(
+                f,
+                "the allocator gave table frame {:#x}, past the {pa_bits}-bit physical width the table can point to",
+                hpa.as_usize()
+            ),
         }
     }
 }
@@ -164,7 +181,9 @@ impl From<NptError> for axerrno::AxErrorKind {
             NptError::NoMemory => K::NoMemory,
             NptError::AlreadyMapped { .. } => K::AlreadyExists,
             NptError::NotMapped { .. } => K::NotFound,
-            NptError::GpaOutOfRange { .. } | NptError::HpaOutOfRange { .. } => K::OutOfRange,
+            NptError::GpaOutOfRange { .. }
+            | NptError::HpaOutOfRange { .. }
+            | NptError::TableFrameOutOfRange { .. } => K::OutOfRange,
             NptError::UnsupportedPageSize(_) => K::Unsupported,
             NptError::NotCollapsible { .. } | NptError::SizeMismatch { .. } => K::BadState,
             NptError::ZeroLength

@@ -11,20 +11,30 @@
 //! invalid translations, so an `HFENCE.GVMA` is needed before the guest is
 //! sure to see a new mapping.
 //!
-//! Frames are released before the record is returned: table frames a
-//! change unlinks (unmap, collapse), and in `guest-aspace` the owned guest
-//! frames of removed RAM, go back to the allocator inside the call, after
-//! they are unlinked but before the caller has flushed. A vCPU of the VM
-//! running meanwhile could still reach them through cached translations.
-//! Make such changes with the VM's vCPUs out of guest mode, and flush
-//! before they re-enter it. Deferring the release until the flush is done,
-//! as KVM does, is not implemented.
+//! Frames wait for the flush. A frame a change unlinks (a table emptied by
+//! an unmap, the tables under a collapsed span, and in `guest-aspace` the
+//! owned guest frames of removed RAM) may still be reachable through
+//! another CPU's TLB or paging-structure cache until the caller has
+//! flushed. Such frames are *parked* in the table under a ticket that the
+//! returned record carries; they go back to the allocator only when the
+//! caller hands the record to [`NestedPageTable::complete`] after acting on
+//! it. A record that is dropped or [`ignore`](TlbFlush::ignore)d releases
+//! nothing: its frames stay parked until a later "everything" record with
+//! a higher ticket is completed (a full flush covers them too), or the
+//! table is dropped.
+//!
+//! [`NestedPageTable::complete`]: crate::NestedPageTable::complete
 //!
 //! Splitting a huge leaf (by a partial unmap or protect, or
 //! `split_region`) replaces it with a table entry in one store and names
 //! the whole huge range. Arm requires break-before-make for that change
 //! unless FEAT_BBM level 2 is implemented: on such hosts, pause the VM's
-//! vCPUs (or invalidate first) around operations that split.
+//! vCPUs (or invalidate first) around operations that split. `collapse`
+//! makes the reverse change (a table entry becomes a block entry in one
+//! store) and needs the same care: the Arm ARM (DDI 0487, "Using break-before-make
+//! when updating translation table entries", under the TLB maintenance
+//! requirements) lists a change of block size among the changes that
+//! require break-before-make, in either direction.
 
 use gpa_types::{GuestPhysAddr, GuestPhysAddrRange};
 
@@ -52,6 +62,11 @@ pub struct TlbFlush {
     total: u32,
     len: u8,
     all: bool,
+    /// Tickets of the frames the recorded changes parked in their table:
+    /// the span `[retired_lo, retired_hi]`, both 0 when none. Tickets are
+    /// numbered from 1 per table, one per change that parks frames.
+    retired_lo: u64,
+    retired_hi: u64,
 }
 
 impl Default for TlbFlush {
@@ -73,6 +88,8 @@ impl TlbFlush {
             total: 0,
             len: 0,
             all: false,
+            retired_lo: 0,
+            retired_hi: 0,
         }
     }
 
@@ -170,8 +187,14 @@ impl TlbFlush {
         }
     }
 
-    /// Adds everything another record names.
+    /// Adds everything another record names, frames it parked included.
+    ///
+    /// Records of consecutive changes to one table merge exactly. Merging
+    /// records whose parked frames are not consecutive (a record of a
+    /// change in between was left out) makes the result "everything": only
+    /// a full flush then covers every frame its tickets reach.
     pub fn merge(&mut self, other: TlbFlush) {
+        self.join_tickets(other.retired_lo, other.retired_hi);
         if other.all {
             self.all = true;
             return;
@@ -203,7 +226,40 @@ impl TlbFlush {
 
     /// Consumes the record, stating that the caller has acted on it (or has
     /// a reason not to, e.g. the VM never ran).
+    ///
+    /// Frames the record parked stay parked (see the module docs): hand a
+    /// record that [`TlbFlush::parks_frames`] to `complete` instead.
     pub fn ignore(self) {}
+
+    /// Whether frames wait in the table for this record to be completed.
+    pub fn parks_frames(&self) -> bool {
+        self.retired_hi != 0
+    }
+
+    /// The span of parking tickets the record covers, if any.
+    pub(crate) fn tickets(&self) -> Option<(u64, u64)> {
+        (self.retired_hi != 0).then_some((self.retired_lo, self.retired_hi))
+    }
+
+    /// Adds the tickets `[lo, hi]` (nothing when `hi` is 0). A span that
+    /// leaves a gap with the record's own turns the record into
+    /// "everything".
+    pub(crate) fn join_tickets(&mut self, lo: u64, hi: u64) {
+        if hi == 0 {
+            return;
+        }
+        if self.retired_hi == 0 {
+            (self.retired_lo, self.retired_hi) = (lo, hi);
+            return;
+        }
+        let touches =
+            lo <= self.retired_hi.saturating_add(1) && self.retired_lo <= hi.saturating_add(1);
+        if !touches {
+            self.all = true;
+        }
+        self.retired_lo = self.retired_lo.min(lo);
+        self.retired_hi = self.retired_hi.max(hi);
+    }
 }
 
 #[cfg(test)]
@@ -257,7 +313,34 @@ mod tests {
 
     #[test]
     fn small_enough_to_move_without_memcpy() {
-        assert_eq!(core::mem::size_of::<TlbFlush>(), 104);
+        // Eight 16-byte moves: the most LLVM inlines on x86-64.
+        assert!(core::mem::size_of::<TlbFlush>() <= 128);
+    }
+
+    #[test]
+    fn merging_consecutive_tickets_keeps_ranges() {
+        let mut a = TlbFlush::none();
+        a.add(0, 0x1000);
+        a.join_tickets(3, 3);
+        let mut b = TlbFlush::none();
+        b.add(0x10_0000, 0x1000);
+        b.join_tickets(4, 4);
+        a.merge(b);
+        assert!(!a.is_all());
+        assert_eq!(a.tickets(), Some((3, 4)));
+        assert!(a.parks_frames());
+    }
+
+    #[test]
+    fn merging_tickets_with_a_gap_asks_for_everything() {
+        let mut a = TlbFlush::none();
+        a.add(0, 0x1000);
+        a.join_tickets(3, 3);
+        let mut b = TlbFlush::none();
+        b.join_tickets(5, 5);
+        a.merge(b);
+        assert!(a.is_all());
+        assert_eq!(a.tickets(), Some((3, 5)));
     }
 
     #[test]

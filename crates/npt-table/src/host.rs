@@ -168,3 +168,160 @@ unsafe impl<A: FrameAllocator> FrameAllocator for FailingAllocator<A> {
         self.inner.phys_to_virt(hpa)
     }
 }
+
+/// Wraps an allocator and, once [`HighAllocator::raise`] is called, hands
+/// out its frames at `offset` above their real address: an allocator that
+/// keeps the [`FrameAllocator`] contract but returns frames beyond a
+/// format's physical width, for tests of the width checks.
+#[derive(Debug)]
+pub struct HighAllocator<A> {
+    inner: A,
+    offset: usize,
+    high: std::sync::atomic::AtomicBool,
+}
+
+impl<A: FrameAllocator> HighAllocator<A> {
+    /// Frames of `inner`, at their own address until [`Self::raise`].
+    pub fn new(inner: A, offset: usize) -> Self {
+        Self {
+            inner,
+            offset,
+            high: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// From now on, frames are handed out `offset` higher.
+    pub fn raise(&self) {
+        self.high.store(true, Ordering::Relaxed);
+    }
+
+    /// The wrapped allocator.
+    pub fn inner(&self) -> &A {
+        &self.inner
+    }
+
+    fn real(&self, hpa: HostPhysAddr) -> HostPhysAddr {
+        if hpa.as_usize() >= self.offset {
+            hpa - self.offset
+        } else {
+            hpa
+        }
+    }
+}
+
+// SAFETY: forwards to `inner`; a raised address is translated back to the
+// inner one before every use, so the contract carries over.
+unsafe impl<A: FrameAllocator> FrameAllocator for HighAllocator<A> {
+    fn alloc_frames(&self, count: usize, align: usize) -> Option<HostPhysAddr> {
+        let hpa = self.inner.alloc_frames(count, align)?;
+        if self.high.load(Ordering::Relaxed) {
+            Some(hpa + self.offset)
+        } else {
+            Some(hpa)
+        }
+    }
+
+    fn dealloc_frames(&self, hpa: HostPhysAddr, count: usize) {
+        self.inner.dealloc_frames(self.real(hpa), count)
+    }
+
+    fn phys_to_virt(&self, hpa: HostPhysAddr) -> *mut u8 {
+        self.inner.phys_to_virt(self.real(hpa))
+    }
+}
+
+/// Wraps an allocator and hands freed allocations straight back out (last
+/// freed, first reused, per frame count), counting how often each address
+/// was handed out: the allocator under which a frame freed too early is
+/// soonest given to a new owner. Stale-TLB models check
+/// [`ReusingAllocator::generation`] of what a TLB still caches.
+#[derive(Debug)]
+pub struct ReusingAllocator<A> {
+    inner: A,
+    state: Mutex<ReuseState>,
+}
+
+#[derive(Debug, Default)]
+struct ReuseState {
+    /// Freed allocations by frame count, most recent last.
+    free: HashMap<usize, std::vec::Vec<HostPhysAddr>>,
+    /// Times each address was handed out.
+    generation: HashMap<usize, u64>,
+    /// Addresses handed out and not freed.
+    live: HashMap<usize, usize>,
+}
+
+impl<A: FrameAllocator> ReusingAllocator<A> {
+    /// Nothing reused yet.
+    pub fn new(inner: A) -> Self {
+        Self {
+            inner,
+            state: Mutex::new(ReuseState::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ReuseState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many times the allocation at `hpa` was handed out.
+    pub fn generation(&self, hpa: HostPhysAddr) -> u64 {
+        self.state()
+            .generation
+            .get(&hpa.as_usize())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Whether the allocation at `hpa` is handed out now.
+    pub fn is_live(&self, hpa: HostPhysAddr) -> bool {
+        self.state().live.contains_key(&hpa.as_usize())
+    }
+
+    /// Frames handed out and not freed.
+    pub fn live_frames(&self) -> usize {
+        self.state().live.values().sum()
+    }
+
+    /// Gives the free lists back to the inner allocator (call before
+    /// checking the inner allocator for leaks).
+    pub fn drain(&self) {
+        let free = std::mem::take(&mut self.state().free);
+        for (count, list) in free {
+            for hpa in list {
+                self.inner.dealloc_frames(hpa, count);
+            }
+        }
+    }
+}
+
+// SAFETY: every allocation comes from `inner` and is handed to one owner at
+// a time: a freed allocation is reused only after its owner gave it back.
+unsafe impl<A: FrameAllocator> FrameAllocator for ReusingAllocator<A> {
+    fn alloc_frames(&self, count: usize, align: usize) -> Option<HostPhysAddr> {
+        let mut st = self.state();
+        let reuse = st.free.get_mut(&count).and_then(|list| {
+            let i = list.iter().rposition(|h| h.as_usize() % align == 0)?;
+            Some(list.remove(i))
+        });
+        let hpa = match reuse {
+            Some(hpa) => hpa,
+            None => self.inner.alloc_frames(count, align)?,
+        };
+        *st.generation.entry(hpa.as_usize()).or_insert(0) += 1;
+        st.live.insert(hpa.as_usize(), count);
+        Some(hpa)
+    }
+
+    fn dealloc_frames(&self, hpa: HostPhysAddr, count: usize) {
+        let mut st = self.state();
+        match st.live.remove(&hpa.as_usize()) {
+            Some(n) if n == count => st.free.entry(count).or_default().push(hpa),
+            other => panic!("bad free of {hpa:?} x{count}: allocation record {other:?}"),
+        }
+    }
+
+    fn phys_to_virt(&self, hpa: HostPhysAddr) -> *mut u8 {
+        self.inner.phys_to_virt(hpa)
+    }
+}

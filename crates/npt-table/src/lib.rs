@@ -55,9 +55,12 @@ mod frames;
 mod host;
 mod map;
 #[cfg(feature = "std")]
+pub mod mmu;
+#[cfg(feature = "std")]
 pub mod model;
 mod range;
 mod raw;
+mod retire;
 mod table;
 
 pub use collapse::Collapsed;
@@ -66,6 +69,6 @@ pub use error::{NptError, NptResult};
 pub use flush::{FLUSH_RANGES, TlbFlush};
 pub use frames::{FRAME_SIZE, FrameAllocator, HandlerAllocator};
 #[cfg(feature = "std")]
-pub use host::{FailingAllocator, HostFrameAllocator, POISON};
+pub use host::{FailingAllocator, HighAllocator, HostFrameAllocator, POISON, ReusingAllocator};
 pub use range::{AccessBit, MappedRun};
 pub use table::{MapPolicy, NestedPageTable, TableStats, Translation};

@@ -153,7 +153,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         if l == level && table.get(F::index(addr, level)).raw() != 0 {
             return Err(NptError::AlreadyMapped { gpa });
         }
-        let mut stash = Stash::take(&self.alloc, level - l)?;
+        let mut stash = self.take_stash(level - l)?;
         while l < level {
             let Some(child) = self.new_table(&mut stash) else {
                 debug_assert!(false, "stash sized to the missing tables");
@@ -284,7 +284,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         max: PageSize,
     ) -> NptResult<TlbFlush> {
         let needed = self.plan_map(Self::runs(start, end, src, max))?;
-        let mut stash = Stash::take(&self.alloc, needed)?;
+        let mut stash = self.take_stash(needed)?;
         let mut flush = TlbFlush::none();
         self.write_map(Self::runs(start, end, src, max), src, flags, &mut stash);
         stash.give_back(&self.alloc);

@@ -54,6 +54,8 @@ pub(crate) struct Descent {
 pub(crate) trait LeafOp<E> {
     /// Whether leaves the range only partly covers are split first.
     const SPLITS: bool;
+    /// Whether the operation may remove leaves (and so empty tables).
+    const REMOVES: bool = false;
     /// The new value of a leaf at `gpa` of `size` (fully covered when
     /// `SPLITS`, possibly partly otherwise: `[lo, hi)` is the covered part).
     /// Zero removes it.
@@ -69,6 +71,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         struct Unmap;
         impl<E: NestedEntry> LeafOp<E> for Unmap {
             const SPLITS: bool = true;
+            const REMOVES: bool = true;
             #[inline(always)]
             fn leaf(&mut self, _: usize, _: PageSize, _: usize, _: usize, _: E) -> E {
                 E::from_raw(0)
@@ -253,7 +256,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             }
             needed = needed.saturating_add(tables);
         });
-        let mut stash = Stash::take(&self.alloc, needed)?;
+        let mut stash = self.take_stash(needed)?;
         let mut flush = TlbFlush::none();
         let root = self.root_table();
         self.split_all(root, 0, start, end, &mut stash, &mut flush);
@@ -346,7 +349,10 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         } else {
             0
         };
-        let mut stash = Stash::take(&self.alloc, needed)?;
+        if O::REMOVES {
+            self.retired.reserve(self.tables_under(start, end))?;
+        }
+        let mut stash = self.take_stash(needed)?;
         let mut flush = TlbFlush::none();
         let root = self.root_table();
         let changed = self.descend_apply(root, 0, start, end, op, &mut stash, &mut flush);
@@ -355,6 +361,19 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         }
         stash.give_back(&self.alloc);
         Ok(flush)
+    }
+
+    /// An upper bound on the tables below the root that `[start, end)`
+    /// reaches into: what an unmap of the range can empty.
+    pub(crate) fn tables_under(&self, start: usize, end: usize) -> usize {
+        let mut n = 0usize;
+        for level in 1..F::LEVELS {
+            let shift = F::shift(level - 1);
+            let first = start >> shift;
+            let last = (end - 1) >> shift;
+            n = n.saturating_add(last - first + 1);
+        }
+        n.min(self.stats.table_frames)
     }
 
     /// Whether any leaf overlaps `[start, end)`; stops at the first.
@@ -480,7 +499,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                         let sub = self.descend_apply(child, level + 1, pos, hi, op, stash, flush);
                         if sub.empty {
                             table.set(idx, F::Entry::from_raw(0));
-                            self.free_table(child);
+                            self.retire_table(child, flush);
                             removed = true;
                         } else {
                             all_empty = false;
@@ -496,7 +515,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                     if sub.empty {
                         table.set(idx, F::Entry::from_raw(0));
                         flush.add(entry_base, size);
-                        self.free_table(child);
+                        self.retire_table(child, flush);
                         removed = true;
                     } else {
                         all_empty = false;

@@ -9,8 +9,9 @@ use npt_entry::{EntryKind, GenericPTE, NestedEntry, NptFormat};
 
 use crate::error::{NptError, NptResult};
 use crate::flush::TlbFlush;
-use crate::frames::FrameAllocator;
+use crate::frames::{FRAME_SIZE, FrameAllocator};
 use crate::raw::{TableRef, zero_frames};
+use crate::retire::Retired;
 
 /// A leaf found by a walk: where it is and what it maps.
 pub(crate) struct LeafRef<E> {
@@ -90,9 +91,24 @@ pub(crate) struct Stash {
     frames: Vec<HostPhysAddr>,
 }
 
+/// Checks that the `frames` table frames at `hpa` lie below `2^pa_bits`,
+/// where a table entry can point to them.
+pub(crate) fn check_table_frame(hpa: HostPhysAddr, frames: usize, pa_bits: u32) -> NptResult {
+    let last = hpa.as_usize().checked_add((frames.max(1) - 1) * FRAME_SIZE);
+    match last {
+        Some(last) if pa_bits >= usize::BITS || last >> pa_bits == 0 => Ok(()),
+        _ => Err(NptError::TableFrameOutOfRange { hpa, pa_bits }),
+    }
+}
+
 impl Stash {
-    /// Allocates and zeroes `count` frames, or none at all.
-    pub(crate) fn take<A: FrameAllocator>(alloc: &A, count: usize) -> NptResult<Self> {
+    /// Allocates and zeroes `count` table frames below `2^pa_bits`, or none
+    /// at all.
+    pub(crate) fn take<A: FrameAllocator>(
+        alloc: &A,
+        count: usize,
+        pa_bits: u32,
+    ) -> NptResult<Self> {
         let mut stash = Self { frames: Vec::new() };
         if stash.frames.try_reserve_exact(count).is_err() {
             return Err(NptError::NoMemory);
@@ -102,6 +118,11 @@ impl Stash {
                 stash.give_back(alloc);
                 return Err(NptError::NoMemory);
             };
+            if let Err(e) = check_table_frame(hpa, 1, pa_bits) {
+                alloc.dealloc_frames(hpa, 1);
+                stash.give_back(alloc);
+                return Err(e);
+            }
             // SAFETY: just allocated, not yet reachable from any table.
             unsafe { zero_frames(alloc, hpa, 1) };
             stash.frames.push(hpa);
@@ -152,6 +173,7 @@ pub struct NestedPageTable<F: NptFormat, A: FrameAllocator> {
     pub(crate) alloc: A,
     pub(crate) stats: TableStats,
     pub(crate) pa_bits: u32,
+    pub(crate) retired: Retired,
     _format: PhantomData<F>,
 }
 
@@ -181,11 +203,18 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
 
     /// Like [`NestedPageTable::new`], limiting host addresses to `pa_bits`
     /// (e.g. the CPU's MAXPHYADDR); values above the format's width are
-    /// clamped to it.
+    /// clamped to it. Leaves and table frames alike must lie below
+    /// `2^pa_bits`: a table frame the allocator hands out above it is given
+    /// back and the operation fails with [`NptError::TableFrameOutOfRange`].
     pub fn with_pa_bits(alloc: A, pa_bits: u32) -> NptResult<Self> {
+        let pa_bits = pa_bits.min(F::PA_BITS);
         let root = alloc
             .alloc_frames(F::ROOT_FRAMES, F::ROOT_ALIGN)
             .ok_or(NptError::NoMemory)?;
+        if let Err(e) = check_table_frame(root, F::ROOT_FRAMES, pa_bits) {
+            alloc.dealloc_frames(root, F::ROOT_FRAMES);
+            return Err(e);
+        }
         // SAFETY: just allocated, not reachable from any table.
         unsafe { zero_frames(&alloc, root, F::ROOT_FRAMES) };
         Ok(Self {
@@ -195,7 +224,8 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                 table_frames: F::ROOT_FRAMES,
                 leaves: [0; 4],
             },
-            pa_bits: pa_bits.min(F::PA_BITS),
+            pa_bits,
+            retired: Retired::default(),
             _format: PhantomData,
         })
     }
@@ -251,10 +281,16 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         Some(unsafe { TableRef::new(&self.alloc, hpa, npt_entry::ENTRIES_PER_TABLE) })
     }
 
-    /// Frees an unlinked table frame.
-    pub(crate) fn free_table(&mut self, table: TableRef<F::Entry>) {
+    /// Allocates and zeroes `count` table frames, or none.
+    pub(crate) fn take_stash(&self, count: usize) -> NptResult<Stash> {
+        Stash::take(&self.alloc, count, self.pa_bits)
+    }
+
+    /// Parks an unlinked table frame under `flush` (room reserved with
+    /// `self.retired.reserve`).
+    pub(crate) fn retire_table(&mut self, table: TableRef<F::Entry>, flush: &mut TlbFlush) {
         self.stats.table_frames -= 1;
-        self.alloc.dealloc_frames(table.hpa(), 1);
+        self.retired.park(flush, table.hpa(), 1);
     }
 
     #[inline(always)]
@@ -433,6 +469,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             entry,
             size,
         } = self.leaf_at(gpa)?;
+        self.retired.reserve(F::LEVELS - 1)?;
         table.set(idx, F::Entry::from_raw(0));
         self.count_leaves(size, 1, false);
         let mut flush = TlbFlush::none();
@@ -524,7 +561,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             parent.set(pidx, F::Entry::from_raw(0));
             let span = 1usize << F::shift(level - 1);
             flush.add(gpa & !(span - 1), span);
-            self.free_table(table);
+            self.retire_table(table, flush);
         }
     }
 }
@@ -550,5 +587,6 @@ impl<F: NptFormat, A: FrameAllocator> Drop for NestedPageTable<F, A> {
         }
         free_level(self, self.root_table(), 0);
         self.alloc.dealloc_frames(self.root, F::ROOT_FRAMES);
+        self.retired.release_everything(&self.alloc);
     }
 }

@@ -140,6 +140,9 @@ fn run_ops<F: NptFormat>(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         prop_assert!(matches!(r, Err(NptError::AlreadyMapped { .. })), "{r:?}");
                     } else {
                         prop_assert!(r.is_ok(), "{r:?}");
+                        if let Ok(f) = r {
+                            t.complete(f);
+                        }
                         model.map(gpa, hpa, len, norm(flags));
                     }
                     probes.extend([gpa, gpa + len - 1]);
@@ -153,6 +156,9 @@ fn run_ops<F: NptFormat>(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         prop_assert!(matches!(r, Err(NptError::AlreadyMapped { .. })), "{r:?}");
                     } else {
                         prop_assert!(r.is_ok(), "{r:?}");
+                        if let Ok(f) = r {
+                            t.complete(f);
+                        }
                         let raw: Vec<usize> = frames.iter().map(|f| f.as_usize()).collect();
                         model.map_frames(gpa, &raw, norm(flags));
                     }
@@ -164,6 +170,9 @@ fn run_ops<F: NptFormat>(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         prop_assert!(matches!(r, Err(NptError::NotMapped { .. })), "{r:?}");
                     } else {
                         prop_assert!(r.is_ok(), "{r:?}");
+                        if let Ok(f) = r {
+                            t.complete(f);
+                        }
                     }
                     probes.extend([gpa.saturating_sub(K4), gpa, gpa + len - 1, gpa + len]);
                 }
@@ -173,6 +182,9 @@ fn run_ops<F: NptFormat>(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         prop_assert!(matches!(r, Err(NptError::NotMapped { .. })), "{r:?}");
                     } else {
                         prop_assert!(r.is_ok(), "{r:?}");
+                        if let Ok(f) = r {
+                            t.complete(f);
+                        }
                     }
                     probes.extend([gpa.saturating_sub(K4), gpa, gpa + len - 1, gpa + len]);
                 }
@@ -185,7 +197,7 @@ fn run_ops<F: NptFormat>(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     };
                     let gpa = size.align_down(gpa);
                     if let Ok(c) = t.collapse(gpa.into(), size) {
-                        c.flush.ignore();
+                        t.complete(c.flush);
                     }
                     probes.push(gpa);
                 }
@@ -210,9 +222,11 @@ fn run_ops<F: NptFormat>(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         // Unmapping everything frees every table but the root.
         if !model.is_empty() {
-            t.unmap_region(0.into(), 4 * G1).unwrap().ignore();
+            let f = t.unmap_region(0.into(), 4 * G1).unwrap();
+            t.complete(f);
         }
         prop_assert_eq!(t.stats().table_frames, F::ROOT_FRAMES);
+        prop_assert_eq!(t.parked_frames(), 0);
         prop_assert_eq!(alloc.live_frames(), F::ROOT_FRAMES);
     }
     prop_assert_eq!(alloc.live_frames(), 0);

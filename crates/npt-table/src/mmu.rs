@@ -1,0 +1,82 @@
+//! A software model of the hardware walker (feature `std`), for tests: it
+//! reads a table through raw memory the way an MMU does, independently of
+//! the table's own walk, and reports every table frame it passed. Stale-TLB
+//! models use it to know what a vCPU's TLB and paging-structure caches may
+//! hold; A/D tests use it to set bits as the hardware would.
+
+use std::vec::Vec;
+
+use gpa_types::{HostPhysAddr, PageSize};
+use npt_entry::{EntryKind, GenericPTE, NestedEntry, NptFormat};
+
+use crate::frames::FrameAllocator;
+
+/// What one hardware walk saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HwWalk {
+    /// The table frames below the root that the walk read, top down.
+    pub tables: Vec<HostPhysAddr>,
+    /// The leaf, if the walk ended at one: the address of its slot, its raw
+    /// bits, and the size it maps.
+    pub leaf: Option<(HostPhysAddr, u64, PageSize)>,
+}
+
+impl HwWalk {
+    /// The host address `gpa` translates to, if the walk found a leaf.
+    pub fn hpa<F: NptFormat>(&self, gpa: usize) -> Option<HostPhysAddr> {
+        let (_, raw, size) = self.leaf?;
+        let base: usize = F::Entry::from_raw(raw).paddr().into();
+        Some(HostPhysAddr::from_usize(base + size.offset(gpa)))
+    }
+}
+
+/// Walks the table of format `F` rooted at `root` for `gpa`, reading
+/// entries from the memory `alloc` maps.
+///
+/// # Safety
+///
+/// `root` must be the root of a live table whose frames (and all frames its
+/// entries point to as tables) come from `alloc` and stay allocated during
+/// the call.
+pub unsafe fn walk<F: NptFormat, A: FrameAllocator>(
+    alloc: &A,
+    root: HostPhysAddr,
+    gpa: usize,
+) -> HwWalk {
+    let mut tables = Vec::new();
+    let mut table = root;
+    for level in 0..F::LEVELS {
+        let slot = table + F::index(gpa, level) * 8;
+        // SAFETY: the caller keeps every table of the walk allocated, and
+        // `F::index` stays inside the table at `level`.
+        let raw = unsafe { alloc.phys_to_virt(slot).cast::<u64>().read_volatile() };
+        let entry = F::Entry::from_raw(raw);
+        match entry.kind(level == F::LEVELS - 1) {
+            EntryKind::Empty => break,
+            EntryKind::Leaf => {
+                let leaf = F::leaf_size(level).map(|size| (slot, raw, size));
+                return HwWalk { tables, leaf };
+            }
+            EntryKind::Table => {
+                table = entry.paddr().into();
+                tables.push(table);
+            }
+        }
+    }
+    HwWalk { tables, leaf: None }
+}
+
+/// ORs `bits` into the leaf slot a walk found, as the hardware does when it
+/// sets accessed/dirty flags.
+///
+/// # Safety
+///
+/// As for [`walk`]; `slot` comes from a walk of that table with no change
+/// to the table since.
+pub unsafe fn set_bits<A: FrameAllocator>(alloc: &A, slot: HostPhysAddr, bits: u64) {
+    // SAFETY: the caller guarantees the slot is a live entry of the table.
+    unsafe {
+        let p = alloc.phys_to_virt(slot).cast::<u64>();
+        p.write_volatile(p.read_volatile() | bits);
+    }
+}
