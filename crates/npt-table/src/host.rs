@@ -247,8 +247,8 @@ struct ReuseState {
     free: HashMap<usize, std::vec::Vec<HostPhysAddr>>,
     /// Times each address was handed out.
     generation: HashMap<usize, u64>,
-    /// Addresses handed out and not freed.
-    live: HashMap<usize, usize>,
+    /// Allocations handed out and not freed: base address to frame count.
+    live: std::collections::BTreeMap<usize, usize>,
 }
 
 impl<A: FrameAllocator> ReusingAllocator<A> {
@@ -276,6 +276,17 @@ impl<A: FrameAllocator> ReusingAllocator<A> {
     /// Whether the allocation at `hpa` is handed out now.
     pub fn is_live(&self, hpa: HostPhysAddr) -> bool {
         self.state().live.contains_key(&hpa.as_usize())
+    }
+
+    /// The live allocation containing `hpa`, as its base address and
+    /// generation.
+    pub fn allocation_of(&self, hpa: HostPhysAddr) -> Option<(HostPhysAddr, u64)> {
+        let st = self.state();
+        let (&base, &count) = st.live.range(..=hpa.as_usize()).next_back()?;
+        (hpa.as_usize() < base + count * FRAME_SIZE).then(|| {
+            let generation = st.generation.get(&base).copied().unwrap_or(0);
+            (HostPhysAddr::from_usize(base), generation)
+        })
     }
 
     /// Frames handed out and not freed.

@@ -80,3 +80,103 @@ pub unsafe fn set_bits<A: FrameAllocator>(alloc: &A, slot: HostPhysAddr, bits: u
         p.write_volatile(p.read_volatile() | bits);
     }
 }
+
+/// What one vCPU caches for a guest page: the allocations its walk went
+/// through (table frames, and the guest frame the leaf names when the
+/// allocator owns it), each with the generation it had then.
+#[derive(Debug, Clone)]
+struct Cached {
+    frames: Vec<(HostPhysAddr, u64)>,
+}
+
+/// A model of the TLBs and paging-structure caches of a few vCPUs.
+///
+/// A vCPU that touches a guest page caches every allocation its walk used;
+/// it drops cached pages only when a flush record names them (or names
+/// everything). [`TlbModel::stale`] reports a cached allocation that the
+/// allocator has meanwhile taken back or handed to a new owner: exactly
+/// what a real vCPU could then read or write through a stale translation.
+#[derive(Debug, Clone)]
+pub struct TlbModel {
+    cpus: Vec<std::collections::BTreeMap<usize, Cached>>,
+}
+
+impl TlbModel {
+    /// `cpus` vCPUs with empty caches.
+    pub fn new(cpus: usize) -> Self {
+        Self {
+            cpus: std::vec![std::collections::BTreeMap::new(); cpus],
+        }
+    }
+
+    /// vCPU `cpu` (modulo the count) touches `gpa` in the table rooted at
+    /// `root`, caching what its walk used.
+    ///
+    /// # Safety
+    ///
+    /// As for [`walk`].
+    pub unsafe fn touch<F: NptFormat, A: FrameAllocator>(
+        &mut self,
+        cpu: usize,
+        alloc: &crate::ReusingAllocator<A>,
+        root: HostPhysAddr,
+        gpa: usize,
+    ) {
+        // SAFETY: forwarded from the caller.
+        let w = unsafe { walk::<F, _>(alloc, root, gpa) };
+        let mut frames = Vec::new();
+        for t in &w.tables {
+            if let Some(a) = alloc.allocation_of(*t) {
+                frames.push(a);
+            }
+        }
+        if let Some(a) = w.hpa::<F>(gpa).and_then(|h| alloc.allocation_of(h)) {
+            frames.push(a);
+        }
+        let n = self.cpus.len().max(1);
+        if let Some(cache) = self.cpus.get_mut(cpu % n) {
+            cache.insert(gpa & !0xfff, Cached { frames });
+        }
+    }
+
+    /// Every vCPU invalidates what `flush` names.
+    pub fn flush(&mut self, flush: &crate::TlbFlush) {
+        if flush.is_all() {
+            return self.flush_all();
+        }
+        for cache in &mut self.cpus {
+            for r in flush.ranges() {
+                let (s, e) = (r.start.as_usize(), r.end.as_usize());
+                let doomed: Vec<usize> = cache.range(s & !0xfff..e).map(|(k, _)| *k).collect();
+                for k in doomed {
+                    cache.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Every vCPU invalidates everything.
+    pub fn flush_all(&mut self) {
+        for cache in &mut self.cpus {
+            cache.clear();
+        }
+    }
+
+    /// The first cached allocation that is no longer the one the walk saw
+    /// (freed, or handed out again), as (vCPU, guest page, allocation).
+    pub fn stale<A: FrameAllocator>(
+        &self,
+        alloc: &crate::ReusingAllocator<A>,
+    ) -> Option<(usize, usize, HostPhysAddr)> {
+        for (cpu, cache) in self.cpus.iter().enumerate() {
+            for (&page, c) in cache {
+                for &(base, generation) in &c.frames {
+                    if !alloc.is_live(base) || alloc.generation(base) != generation {
+                        return Some((cpu, page, base));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
