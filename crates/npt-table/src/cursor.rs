@@ -1,12 +1,13 @@
 //! A read-only cursor that keeps its walk path, and batched translation.
 
-use gpa_types::{GuestPhysAddr, HostPhysAddr, PageSize};
-use npt_entry::{ENTRIES_PER_TABLE, EntryKind, GenericPTE, NestedEntry, NptFormat};
+use gpa_types::{GuestPhysAddr, HostPhysAddr};
+use npt_entry::{GenericPTE, NptFormat};
 
 use crate::error::{NptError, NptResult};
 use crate::frames::FrameAllocator;
 use crate::raw::TableRef;
 use crate::table::{NestedPageTable, Translation};
+use crate::walk::{Record, Slot, Tree};
 
 /// Lookups that reuse earlier walks: a cursor remembers the tables one
 /// level above the leaf tables (each covers 1 GiB) that its walks passed, up
@@ -27,7 +28,7 @@ use crate::table::{NestedPageTable, Translation};
 /// }
 /// ```
 pub struct Cursor<'t, F: NptFormat, A: FrameAllocator> {
-    table: &'t NestedPageTable<F, A>,
+    tree: Tree<'t, F, A>,
     /// Cached tables one level above the last (directories of leaf
     /// tables), direct-mapped by the GiB they cover: slot `g % DIRS` holds
     /// the directory of GiB `g` when `dir_base[slot] == g`.
@@ -42,10 +43,11 @@ const DIRS: usize = 32;
 impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// A read-only cursor over the table.
     pub fn cursor(&self) -> Cursor<'_, F, A> {
+        let tree = self.tree();
         Cursor {
-            table: self,
+            tree,
             dir_base: [usize::MAX; DIRS],
-            dir: [self.root_table(); DIRS],
+            dir: [tree.root_table(); DIRS],
         }
     }
 
@@ -58,54 +60,51 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     }
 }
 
+/// Records the directory a walk passes into the cursor's cache.
+struct DirRec<'c, F: NptFormat> {
+    dir_base: &'c mut [usize; DIRS],
+    dir: &'c mut [TableRef<F::Entry>; DIRS],
+    gib: usize,
+}
+
+impl<F: NptFormat> Record<F::Entry> for DirRec<'_, F> {
+    #[inline(always)]
+    fn table(&mut self, level: usize, table: TableRef<F::Entry>) {
+        if level + 2 == F::LEVELS && level > 0 {
+            let slot = self.gib % DIRS;
+            self.dir[slot] = table;
+            self.dir_base[slot] = self.gib;
+        }
+    }
+}
+
 impl<F: NptFormat, A: FrameAllocator> Cursor<'_, F, A> {
-    /// Shift of the directory level's index: its entries map 2 MiB each.
-    const DIR_SHIFT: u32 = 21;
+    /// The level of the directory: the table above the last level.
+    const DIR_LEVEL: usize = F::LEVELS - 2;
     /// Whether the format has a directory level below the root.
     const HAS_DIR: bool = F::LEVELS > 2;
 
-    /// Where a walk for `addr` starts: the cached directory (table, shift,
-    /// index mask) when it covers `addr`, else the root.
+    /// The walk for `addr`: from the cached directory when it covers
+    /// `addr`, else from the root, caching the directory it passes.
     #[inline(always)]
-    fn start(&self, addr: usize) -> (TableRef<F::Entry>, u32, usize) {
+    fn lookup(&mut self, addr: usize) -> Slot<F::Entry> {
         let gib = addr >> 30;
-        if Self::HAS_DIR && self.dir_base[gib % DIRS] == gib {
-            (self.dir[gib % DIRS], Self::DIR_SHIFT, ENTRIES_PER_TABLE - 1)
-        } else {
-            (self.table.root_table(), F::ROOT_SHIFT, F::ROOT_ENTRIES - 1)
+        let slot = gib % DIRS;
+        if Self::HAS_DIR && self.dir_base[slot] == gib {
+            return self.tree.walk_from(
+                self.dir[slot],
+                Self::DIR_LEVEL,
+                addr,
+                F::LEVELS - 1,
+                &mut (),
+            );
         }
-    }
-
-    /// Walks from where [`Self::start`] says to the leaf of `addr`, caching
-    /// the directory it passes. Returns the leaf and its shift.
-    #[inline(always)]
-    fn walk(&mut self, addr: usize) -> Option<(F::Entry, u32)> {
-        let (mut table, mut shift, mut mask) = self.start(addr);
-        loop {
-            let entry = table.get((addr >> shift) & mask);
-            match entry.kind(shift == PageSize::Size4K.shift()) {
-                EntryKind::Empty => return None,
-                EntryKind::Leaf => return (shift <= F::MAX_LEAF.shift()).then_some((entry, shift)),
-                EntryKind::Table if shift > PageSize::Size4K.shift() => {
-                    table = self.table.child(entry);
-                    shift -= npt_entry::BITS_PER_LEVEL;
-                    mask = ENTRIES_PER_TABLE - 1;
-                    if Self::HAS_DIR && shift == Self::DIR_SHIFT {
-                        let gib = addr >> 30;
-                        self.dir[gib % DIRS] = table;
-                        self.dir_base[gib % DIRS] = gib;
-                    }
-                }
-                EntryKind::Table => return None,
-            }
-        }
-    }
-
-    /// The leaf entry mapping `addr` and its level.
-    #[inline(always)]
-    fn lookup(&mut self, addr: usize) -> Option<(F::Entry, usize)> {
-        let (entry, shift) = self.walk(addr)?;
-        Some((entry, F::LEVELS - 1 - ((shift - 12) / 9) as usize))
+        let mut rec = DirRec::<F> {
+            dir_base: &mut self.dir_base,
+            dir: &mut self.dir,
+            gib,
+        };
+        self.tree.walk(addr, &mut rec)
     }
 
     /// [`NestedPageTable::translate_batch`] through this cursor.
@@ -118,19 +117,19 @@ impl<F: NptFormat, A: FrameAllocator> Cursor<'_, F, A> {
     /// The translation of `gpa`, as [`NestedPageTable::query`] gives it.
     #[inline]
     pub fn query(&mut self, gpa: GuestPhysAddr) -> NptResult<Translation> {
-        let addr = gpa.as_usize();
-        if addr as u64 >= F::GPA_LIMIT {
+        if !F::gpa_in_range(gpa) {
             return Err(NptError::GpaOutOfRange {
-                gpa: addr,
+                gpa: gpa.as_usize(),
                 gpa_bits: F::GPA_BITS,
             });
         }
-        let (entry, level) = self.lookup(addr).ok_or(NptError::NotMapped { gpa })?;
-        let size: PageSize = F::leaf_size(level).ok_or(NptError::NotMapped { gpa })?;
-        let base: usize = entry.paddr().into();
+        let slot = self.lookup(gpa.as_usize());
+        let (hpa, size) = slot
+            .translate(gpa.as_usize())
+            .ok_or(NptError::NotMapped { gpa })?;
         Ok(Translation {
-            hpa: HostPhysAddr::from_usize(base + size.offset(addr)),
-            flags: entry.flags(),
+            hpa: HostPhysAddr::from_usize(hpa),
+            flags: slot.entry.flags(),
             size,
         })
     }
@@ -138,43 +137,10 @@ impl<F: NptFormat, A: FrameAllocator> Cursor<'_, F, A> {
     /// The host address `gpa` maps to, if any.
     #[inline]
     pub fn translate(&mut self, gpa: GuestPhysAddr) -> Option<HostPhysAddr> {
-        let addr = gpa.as_usize();
-        if addr as u64 >= F::GPA_LIMIT {
+        if !F::gpa_in_range(gpa) {
             return None;
         }
-        let gib = addr >> 30;
-        if Self::HAS_DIR && self.dir_base[gib % DIRS] == gib {
-            return self.walk_from_dir(self.dir[gib % DIRS], addr);
-        }
-        let (entry, shift) = self.walk(addr)?;
-        let base: usize = entry.paddr().into();
-        Some(HostPhysAddr::from_usize(
-            base + (addr & ((1usize << shift) - 1)),
-        ))
-    }
-
-    /// The two-level walk from the cached directory, with every shift a
-    /// constant: the common case of a cursor over nearby GPAs.
-    #[inline(always)]
-    fn walk_from_dir(&self, dir: TableRef<F::Entry>, addr: usize) -> Option<HostPhysAddr> {
-        const M2: usize = PageSize::Size2M.bytes();
-        const K4: usize = PageSize::Size4K.bytes();
-        let entry = dir.get((addr >> 21) & (ENTRIES_PER_TABLE - 1));
-        let (entry, offset) = match entry.kind(false) {
-            EntryKind::Table => {
-                let leaf = self
-                    .table
-                    .child(entry)
-                    .get((addr >> 12) & (ENTRIES_PER_TABLE - 1));
-                if leaf.kind(true) != EntryKind::Leaf {
-                    return None;
-                }
-                (leaf, addr & (K4 - 1))
-            }
-            EntryKind::Leaf => (entry, addr & (M2 - 1)),
-            EntryKind::Empty => return None,
-        };
-        let base: usize = entry.paddr().into();
-        Some(HostPhysAddr::from_usize(base + offset))
+        let (hpa, _) = self.lookup(gpa.as_usize()).translate(gpa.as_usize())?;
+        Some(HostPhysAddr::from_usize(hpa))
     }
 }

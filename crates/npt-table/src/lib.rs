@@ -53,6 +53,7 @@ mod flush;
 mod frames;
 #[cfg(feature = "std")]
 mod host;
+mod iter;
 mod map;
 #[cfg(feature = "std")]
 pub mod mmu;
@@ -62,6 +63,7 @@ mod range;
 mod raw;
 mod retire;
 mod table;
+mod walk;
 
 pub use collapse::Collapsed;
 pub use cursor::Cursor;

@@ -8,13 +8,13 @@
 //! tables the planner counts is exactly the number the writer creates.
 
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
-use npt_entry::{EntryKind, GenericPTE, NestedEntry, NptFormat};
+use npt_entry::{GenericPTE, NestedEntry, NptFormat};
 
 use crate::error::{NptError, NptResult};
 use crate::flush::TlbFlush;
 use crate::frames::FrameAllocator;
-use crate::raw::TableRef;
-use crate::table::{MAX_LEVELS, MapPolicy, NestedPageTable, Stash};
+use crate::table::{Ledger, MapPolicy, NestedPageTable, Stash};
+use crate::walk::{MAX_LEVELS, Path, Step, entry_span};
 
 /// Where the host frames of a range map come from.
 #[derive(Clone, Copy)]
@@ -139,35 +139,23 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         self.check_hpa_range(hpa, size.bytes(), size.bytes())?;
         npt_entry::check_flags(flags)?;
         let addr = gpa.as_usize();
-        let mut table = self.root_table();
-        let mut l = 0;
-        while l < level {
-            let entry = table.get(F::index(addr, l));
-            match entry.kind(false) {
-                EntryKind::Table => table = self.child(entry),
-                EntryKind::Leaf => return Err(NptError::AlreadyMapped { gpa }),
-                EntryKind::Empty => break,
-            }
-            l += 1;
-        }
-        if l == level && table.get(F::index(addr, level)).raw() != 0 {
+        let mut path = self.tree().path();
+        let slot = self.tree().walk_path(&mut path, addr, level);
+        if slot.entry.raw() != 0 && !(slot.level < level && matches!(slot.step, Step::Empty)) {
             return Err(NptError::AlreadyMapped { gpa });
         }
-        let mut stash = self.take_stash(level - l)?;
-        while l < level {
-            let Some(child) = self.new_table(&mut stash) else {
-                debug_assert!(false, "stash sized to the missing tables");
-                break;
-            };
-            table.link(F::index(addr, l), F::Entry::new_table(child.hpa().into()));
-            table = child;
-            l += 1;
-        }
+        let mut stash = self.take_stash(level - slot.level)?;
+        let (tree, books) = self.parts();
+        let Some(table) = tree.descend(books, &mut path, addr, level, &mut stash, None) else {
+            stash.give_back(&self.alloc);
+            debug_assert!(false, "stash sized to the missing tables");
+            return Err(NptError::NoMemory);
+        };
         table.set(
             F::index(addr, level),
             F::Entry::new_page(hpa.into(), flags, size.is_huge()),
         );
-        self.count_leaves(size, 1, true);
+        self.books.leaves(size, 1, true);
         stash.give_back(&self.alloc);
         let mut flush = TlbFlush::none();
         flush.add(addr, size.bytes());
@@ -295,46 +283,37 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// Read-only pass: fails if anything in the runs is mapped, else counts
     /// the table frames the writer will create.
     fn plan_map(&self, runs: Runs<'_, F>) -> NptResult<usize> {
+        let tree = self.tree();
         let mut needed = 0;
         // Base GPA of the table the writer will have created at each level
         // by the time it reaches the current run.
         let mut planned = [usize::MAX; MAX_LEVELS];
+        let mut path = tree.path();
         for run in runs {
-            let mut table = Some(self.root_table());
-            for level in 0..run.level {
-                let span_below = 1usize << F::shift(level);
-                table = match table {
-                    Some(t) => {
-                        let entry = t.get(F::index(run.gpa, level));
-                        match entry.kind(false) {
-                            EntryKind::Table => Some(self.child(entry)),
-                            EntryKind::Leaf => {
-                                return Err(NptError::AlreadyMapped {
-                                    gpa: GuestPhysAddr::from_usize(run.gpa),
-                                });
-                            }
-                            EntryKind::Empty => None,
-                        }
-                    }
-                    None => None,
-                };
-                if table.is_none() {
-                    let base = run.gpa & !(span_below - 1);
+            let slot = tree.walk_path(&mut path, run.gpa, run.level);
+            if slot.level < run.level {
+                if let Step::Leaf(_) = slot.step {
+                    return Err(NptError::AlreadyMapped {
+                        gpa: GuestPhysAddr::from_usize(run.gpa),
+                    });
+                }
+                // Tables missing from below the slot down to the run.
+                for level in slot.level..run.level {
+                    let base = run.gpa & !(entry_span::<F>(level) - 1);
                     if planned[level + 1] != base {
                         planned[level + 1] = base;
                         needed += 1;
                     }
                 }
+                continue;
             }
-            if let Some(t) = table {
-                let idx = F::index(run.gpa, run.level);
-                for i in 0..run.count {
-                    if t.get(idx + i).raw() != 0 {
-                        let gpa = run.gpa + i * run.size.bytes();
-                        return Err(NptError::AlreadyMapped {
-                            gpa: GuestPhysAddr::from_usize(gpa),
-                        });
-                    }
+            let idx = F::index(run.gpa, run.level);
+            for i in 0..run.count {
+                if slot.table.get(idx + i).raw() != 0 {
+                    let gpa = run.gpa + i * run.size.bytes();
+                    return Err(NptError::AlreadyMapped {
+                        gpa: GuestPhysAddr::from_usize(gpa),
+                    });
                 }
             }
         }
@@ -349,17 +328,17 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         flags: MappingFlags,
         stash: &mut Stash,
     ) {
-        // The walk path of the previous run: table at each level and the
-        // GPA it starts at. Runs ascend, so a prefix is usually reused.
-        let mut path: [(usize, Option<TableRef<F::Entry>>); MAX_LEVELS] =
-            [(usize::MAX, None); MAX_LEVELS];
-        path[0] = (0, Some(self.root_table()));
+        // The walk path of the previous run. Runs ascend, so a prefix is
+        // usually reused.
+        let mut path: Path<F::Entry> = self.tree().path();
         let templates = [
             F::Entry::new_page(0.into(), flags, false),
             F::Entry::new_page(0.into(), flags, true),
         ];
         for run in runs {
-            let Some(table) = self.descend(&mut path, run.gpa, run.level, stash) else {
+            let (tree, books) = self.parts();
+            let Some(table) = tree.descend(books, &mut path, run.gpa, run.level, stash, None)
+            else {
                 debug_assert!(false, "plan and write disagree");
                 continue;
             };
@@ -392,47 +371,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                     }
                 }
             }
-            self.count_leaves(run.size, run.count, true);
+            self.books.leaves(run.size, run.count, true);
         }
-    }
-
-    /// The table at `level` on the way to `gpa`, creating missing ones from
-    /// the stash and reusing the cached prefix of `path`.
-    #[inline]
-    fn descend(
-        &mut self,
-        path: &mut [(usize, Option<TableRef<F::Entry>>); MAX_LEVELS],
-        gpa: usize,
-        level: usize,
-        stash: &mut Stash,
-    ) -> Option<TableRef<F::Entry>> {
-        let mut l = level;
-        // Deepest cached table that still covers `gpa`.
-        while l > 0 {
-            let span = 1usize << (F::shift(l - 1));
-            if path[l].0 == gpa & !(span - 1) && path[l].1.is_some() {
-                break;
-            }
-            l -= 1;
-        }
-        let mut table = path[l].1?;
-        while l < level {
-            let idx = F::index(gpa, l);
-            let entry = table.get(idx);
-            let child = match entry.kind(false) {
-                EntryKind::Table => self.child(entry),
-                EntryKind::Empty => {
-                    let child = self.new_table(stash)?;
-                    table.link(idx, F::Entry::new_table(child.hpa().into()));
-                    child
-                }
-                EntryKind::Leaf => return None,
-            };
-            l += 1;
-            let span = 1usize << F::shift(l - 1);
-            path[l] = (gpa & !(span - 1), Some(child));
-            table = child;
-        }
-        Some(table)
     }
 }

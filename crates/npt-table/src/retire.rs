@@ -139,7 +139,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// Complete a record only on the table that returned it. A record
     /// without parked frames releases nothing and costs nothing.
     pub fn complete(&mut self, flush: TlbFlush) -> usize {
-        self.retired.release(&flush, &self.alloc)
+        self.books.retired.release(&flush, &self.alloc)
     }
 
     /// States that a flush of every translation of the VM, on every CPU that
@@ -148,20 +148,20 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// change to this table, and releases every parked frame. Returns how
     /// many 4 KiB frames went back.
     pub fn complete_all(&mut self) -> usize {
-        self.retired.release_everything(&self.alloc)
+        self.books.retired.release_everything(&self.alloc)
     }
 
     /// Frames unlinked from the table and waiting for their flush to be
     /// completed.
     pub fn parked_frames(&self) -> usize {
-        self.retired.frames()
+        self.books.retired.frames()
     }
 
     /// Makes room to park `n` more allocations with
     /// [`NestedPageTable::park`], so that parking them later cannot fail.
     /// On `NoMemory` nothing changed.
     pub fn reserve_parking(&mut self, n: usize) -> NptResult {
-        self.retired.promise(n)
+        self.books.retired.promise(n)
     }
 
     /// Parks `count` frames at `hpa` (backing that the caller owned and has
@@ -171,6 +171,6 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// when no room was reserved and none can be made (see
     /// [`NestedPageTable::reserve_parking`]).
     pub fn park(&mut self, flush: &mut TlbFlush, hpa: HostPhysAddr, count: usize) -> NptResult {
-        self.retired.park_promised(flush, hpa, count)
+        self.books.retired.park_promised(flush, hpa, count)
     }
 }

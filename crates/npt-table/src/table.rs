@@ -1,28 +1,19 @@
 //! [`NestedPageTable`]: ownership, statistics, lookups and single-page
-//! operations. Range operations live in `map.rs` and `range.rs`.
+//! operations, all through the one walk of `walk.rs`. Maps live in
+//! `map.rs`, range operations in `range.rs`.
 
 use alloc::vec::Vec;
 use core::marker::PhantomData;
 
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
-use npt_entry::{EntryKind, GenericPTE, NestedEntry, NptFormat};
+use npt_entry::{GenericPTE, NestedEntry, NptFormat};
 
 use crate::error::{NptError, NptResult};
 use crate::flush::TlbFlush;
 use crate::frames::{FRAME_SIZE, FrameAllocator};
-use crate::raw::{TableRef, zero_frames};
+use crate::raw::zero_frames;
 use crate::retire::Retired;
-
-/// A leaf found by a walk: where it is and what it maps.
-pub(crate) struct LeafRef<E> {
-    pub(crate) table: TableRef<E>,
-    pub(crate) idx: usize,
-    pub(crate) entry: E,
-    pub(crate) size: PageSize,
-}
-
-/// The deepest walk any format has (EPT 5-level, Sv57x4).
-pub(crate) const MAX_LEVELS: usize = 5;
+use crate::walk::{Path, Step, Tree};
 
 /// One guest-physical translation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -147,9 +138,11 @@ impl Stash {
 
 /// A second-stage page table of format `F` whose frames come from `A`.
 ///
-/// The table owns its table frames (root included) and frees them on drop;
-/// it never frees the frames its leaves point to. Every mutating operation
-/// is all-or-nothing and returns a [`TlbFlush`] naming what became stale.
+/// The table owns its table frames (root included) and releases them on
+/// drop; it never frees the frames its leaves point to. Every mutating
+/// operation is all-or-nothing and returns a [`TlbFlush`] naming what
+/// became stale; table frames a change unlinks stay parked until that
+/// record is completed ([`NestedPageTable::complete`]).
 ///
 /// ```
 /// use npt_table::{HostFrameAllocator, MapPolicy, NestedPageTable};
@@ -171,10 +164,64 @@ impl Stash {
 pub struct NestedPageTable<F: NptFormat, A: FrameAllocator> {
     pub(crate) root: HostPhysAddr,
     pub(crate) alloc: A,
-    pub(crate) stats: TableStats,
+    pub(crate) books: Books,
     pub(crate) pa_bits: u32,
-    pub(crate) retired: Retired,
     _format: PhantomData<F>,
+}
+
+/// What a table keeps besides its frames: counters and parked frames.
+/// Separate from the walkable part so a walk can read the table while it
+/// updates these.
+#[derive(Debug, Default)]
+pub(crate) struct Books {
+    pub(crate) stats: TableStats,
+    pub(crate) retired: Retired,
+}
+
+/// What a walk that changes the table records as it goes. The read-only
+/// ledger `()` does nothing, so read-only walks compile it away.
+pub(crate) trait Ledger {
+    /// `n` leaves of `size` appeared (`add`) or went away.
+    fn leaves(&mut self, size: PageSize, n: usize, add: bool);
+    /// A table frame was linked.
+    fn table_linked(&mut self);
+    /// A table frame was unlinked and released at once (the table is
+    /// going away).
+    fn table_released(&mut self);
+    /// A table frame was unlinked; park it under `flush` (room reserved).
+    fn table_parked(&mut self, hpa: HostPhysAddr, flush: &mut TlbFlush);
+}
+
+impl Ledger for () {
+    #[inline(always)]
+    fn leaves(&mut self, _: PageSize, _: usize, _: bool) {}
+    #[inline(always)]
+    fn table_linked(&mut self) {}
+    #[inline(always)]
+    fn table_released(&mut self) {}
+    #[inline(always)]
+    fn table_parked(&mut self, _: HostPhysAddr, _: &mut TlbFlush) {}
+}
+
+impl Ledger for Books {
+    #[inline(always)]
+    fn leaves(&mut self, size: PageSize, n: usize, add: bool) {
+        let slot = &mut self.stats.leaves[size.height()];
+        if add { *slot += n } else { *slot -= n }
+    }
+    #[inline(always)]
+    fn table_linked(&mut self) {
+        self.stats.table_frames += 1;
+    }
+    #[inline(always)]
+    fn table_released(&mut self) {
+        self.stats.table_frames -= 1;
+    }
+    #[inline(always)]
+    fn table_parked(&mut self, hpa: HostPhysAddr, flush: &mut TlbFlush) {
+        self.stats.table_frames -= 1;
+        self.retired.park(flush, hpa, 1);
+    }
 }
 
 // SAFETY: the table exclusively owns its frames; sending it moves that
@@ -188,7 +235,8 @@ impl<F: NptFormat, A: FrameAllocator> core::fmt::Debug for NestedPageTable<F, A>
         f.debug_struct("NestedPageTable")
             .field("format", &F::NAME)
             .field("root", &self.root)
-            .field("stats", &self.stats)
+            .field("stats", &self.books.stats)
+            .field("parked_frames", &self.books.retired.frames())
             .finish()
     }
 }
@@ -220,12 +268,14 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         Ok(Self {
             root,
             alloc,
-            stats: TableStats {
-                table_frames: F::ROOT_FRAMES,
-                leaves: [0; 4],
+            books: Books {
+                stats: TableStats {
+                    table_frames: F::ROOT_FRAMES,
+                    leaves: [0; 4],
+                },
+                retired: Retired::default(),
             },
             pa_bits,
-            retired: Retired::default(),
             _format: PhantomData,
         })
     }
@@ -240,9 +290,10 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         &self.alloc
     }
 
-    /// Table frames and leaves in use.
+    /// Table frames and leaves in use (parked frames are not counted: see
+    /// [`NestedPageTable::parked_frames`]).
     pub fn stats(&self) -> TableStats {
-        self.stats
+        self.books.stats
     }
 
     /// The host physical-address width this table accepts.
@@ -252,33 +303,16 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
 
     // ---- internal helpers shared by every operation ----
 
+    /// The walkable part of the table.
     #[inline(always)]
-    pub(crate) fn root_table(&self) -> TableRef<F::Entry> {
-        // SAFETY: the root is allocated in `new` and freed only on drop.
-        unsafe { TableRef::new(&self.alloc, self.root, F::ROOT_ENTRIES) }
+    pub(crate) fn tree(&self) -> Tree<'_, F, A> {
+        Tree::new(&self.alloc, self.root)
     }
 
-    /// The table a `Table` entry at `level` points to.
+    /// The walkable part and the books, to change the table during a walk.
     #[inline(always)]
-    pub(crate) fn child(&self, entry: F::Entry) -> TableRef<F::Entry> {
-        // SAFETY: table entries are written only by this crate, pointing to
-        // frames it allocated and has not freed (a table is unlinked before
-        // it is freed).
-        unsafe {
-            TableRef::new(
-                &self.alloc,
-                entry.paddr().into(),
-                npt_entry::ENTRIES_PER_TABLE,
-            )
-        }
-    }
-
-    /// A table frame from the stash, as a view.
-    pub(crate) fn new_table(&mut self, stash: &mut Stash) -> Option<TableRef<F::Entry>> {
-        let hpa = stash.pop()?;
-        self.stats.table_frames += 1;
-        // SAFETY: a zeroed frame from the stash, owned by this table from now.
-        Some(unsafe { TableRef::new(&self.alloc, hpa, npt_entry::ENTRIES_PER_TABLE) })
+    pub(crate) fn parts(&mut self) -> (Tree<'_, F, A>, &mut Books) {
+        (Tree::new(&self.alloc, self.root), &mut self.books)
     }
 
     /// Allocates and zeroes `count` table frames, or none.
@@ -286,26 +320,10 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         Stash::take(&self.alloc, count, self.pa_bits)
     }
 
-    /// Parks an unlinked table frame under `flush` (room reserved with
-    /// `self.retired.reserve`).
-    pub(crate) fn retire_table(&mut self, table: TableRef<F::Entry>, flush: &mut TlbFlush) {
-        self.stats.table_frames -= 1;
-        self.retired.park(flush, table.hpa(), 1);
-    }
-
-    #[inline(always)]
-    pub(crate) fn count_leaves(&mut self, size: PageSize, n: usize, add: bool) {
-        let slot = &mut self.stats.leaves[size.height()];
-        if add { *slot += n } else { *slot -= n }
-    }
-
     /// Checks `[gpa, gpa + len)`: non-empty, `align`-aligned, inside the GPA
-    /// width. Returns the end.
-    pub(crate) fn check_gpa_range(
-        gpa: GuestPhysAddr,
-        len: usize,
-        align: usize,
-    ) -> NptResult<usize> {
+    /// width. Returns the end. The one range check of the crate (points use
+    /// `NptFormat::gpa_in_range`).
+    pub fn check_range(gpa: GuestPhysAddr, len: usize, align: usize) -> NptResult<usize> {
         let start = gpa.as_usize();
         if len == 0 {
             return Err(NptError::ZeroLength);
@@ -330,6 +348,16 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         Ok(end)
     }
 
+    /// [`Self::check_range`] under its internal name.
+    #[inline(always)]
+    pub(crate) fn check_gpa_range(
+        gpa: GuestPhysAddr,
+        len: usize,
+        align: usize,
+    ) -> NptResult<usize> {
+        Self::check_range(gpa, len, align)
+    }
+
     /// Checks a host run `[hpa, hpa + len)` against alignment and PA width.
     pub(crate) fn check_hpa_range(&self, hpa: HostPhysAddr, len: usize, align: usize) -> NptResult {
         if hpa.as_usize() % align != 0 {
@@ -346,59 +374,24 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         Ok(())
     }
 
-    /// Finds the leaf mapping `gpa`.
-    #[inline(always)]
-    pub(crate) fn find_leaf(&self, gpa: usize) -> Option<LeafRef<F::Entry>> {
-        // The shift and index mask move down by one level per step; no
-        // per-level table lookups in the hot path.
-        let mut table = self.root_table();
-        let mut shift = F::ROOT_SHIFT;
-        let mut mask = F::ROOT_ENTRIES - 1;
-        loop {
-            let idx = (gpa >> shift) & mask;
-            let entry = table.get(idx);
-            match entry.kind(shift == PageSize::Size4K.shift()) {
-                EntryKind::Empty => return None,
-                EntryKind::Leaf => {
-                    if shift > F::MAX_LEAF.shift() {
-                        return None;
-                    }
-                    let size = PageSize::from_height(((shift - 12) / 9) as usize)?;
-                    return Some(LeafRef {
-                        table,
-                        idx,
-                        entry,
-                        size,
-                    });
-                }
-                EntryKind::Table if shift > PageSize::Size4K.shift() => {
-                    table = self.child(entry);
-                    shift -= npt_entry::BITS_PER_LEVEL;
-                    mask = npt_entry::ENTRIES_PER_TABLE - 1;
-                }
-                EntryKind::Table => return None,
-            }
-        }
-    }
-
     // ---- lookups ----
 
     /// The translation of `gpa`, if it is mapped.
     #[inline]
     pub fn query(&self, gpa: GuestPhysAddr) -> NptResult<Translation> {
-        let addr = gpa.as_usize();
-        if addr as u64 >= F::GPA_LIMIT {
+        if !F::gpa_in_range(gpa) {
             return Err(NptError::GpaOutOfRange {
-                gpa: addr,
+                gpa: gpa.as_usize(),
                 gpa_bits: F::GPA_BITS,
             });
         }
-        let LeafRef { entry, size, .. } =
-            self.find_leaf(addr).ok_or(NptError::NotMapped { gpa })?;
-        let base: usize = entry.paddr().into();
+        let slot = self.tree().walk(gpa.as_usize(), &mut ());
+        let (hpa, size) = slot
+            .translate(gpa.as_usize())
+            .ok_or(NptError::NotMapped { gpa })?;
         Ok(Translation {
-            hpa: HostPhysAddr::from_usize(base + size.offset(addr)),
-            flags: entry.flags(),
+            hpa: HostPhysAddr::from_usize(hpa),
+            flags: slot.entry.flags(),
             size,
         })
     }
@@ -406,81 +399,44 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// The host address `gpa` maps to, if any.
     #[inline]
     pub fn translate(&self, gpa: GuestPhysAddr) -> Option<HostPhysAddr> {
-        let addr = gpa.as_usize();
-        if addr as u64 >= F::GPA_LIMIT {
-            return None;
-        }
-        self.translate_raw(addr)
-            .map(|(hpa, _)| HostPhysAddr::from_usize(hpa))
+        self.translate_leaf(gpa).map(|(hpa, _)| hpa)
     }
 
     /// The host address `gpa` maps to and the size of the leaf mapping it,
     /// without decoding flags: for copies that go leaf by leaf.
     #[inline]
     pub fn translate_leaf(&self, gpa: GuestPhysAddr) -> Option<(HostPhysAddr, PageSize)> {
-        let addr = gpa.as_usize();
-        if addr as u64 >= F::GPA_LIMIT {
+        if !F::gpa_in_range(gpa) {
             return None;
         }
-        let (hpa, shift) = self.translate_raw(addr)?;
-        let size = PageSize::from_height(((shift - 12) / npt_entry::BITS_PER_LEVEL) as usize)?;
+        let (hpa, size) = self
+            .tree()
+            .walk(gpa.as_usize(), &mut ())
+            .translate(gpa.as_usize())?;
         Some((HostPhysAddr::from_usize(hpa), size))
-    }
-
-    /// The walk of [`Self::find_leaf`] reduced to what a translation needs
-    /// (host address and leaf shift). Kept apart from `find_leaf`, whose
-    /// extra results (table, index, `PageSize`) made `translate` about 1.6×
-    /// slower in `translate_random_1g` (`cargo bench -p npt-benches --bench
-    /// walkers`, measured once when the two were folded together).
-    #[inline(always)]
-    fn translate_raw(&self, gpa: usize) -> Option<(usize, u32)> {
-        let mut table = self.root_table();
-        let mut shift = F::ROOT_SHIFT;
-        let mut mask = F::ROOT_ENTRIES - 1;
-        loop {
-            let entry = table.get((gpa >> shift) & mask);
-            match entry.kind(shift == PageSize::Size4K.shift()) {
-                EntryKind::Empty => return None,
-                EntryKind::Leaf => {
-                    if shift > F::MAX_LEAF.shift() {
-                        return None;
-                    }
-                    let base: usize = entry.paddr().into();
-                    return Some((base + (gpa & ((1usize << shift) - 1)), shift));
-                }
-                EntryKind::Table if shift > PageSize::Size4K.shift() => {
-                    table = self.child(entry);
-                    shift -= npt_entry::BITS_PER_LEVEL;
-                    mask = npt_entry::ENTRIES_PER_TABLE - 1;
-                }
-                EntryKind::Table => return None,
-            }
-        }
     }
 
     // ---- single-page operations ----
 
     /// Removes the leaf that starts at `gpa`, whatever its size, and returns
-    /// what it mapped.
+    /// what it mapped. Tables left empty are parked until the returned
+    /// record is completed.
     pub fn unmap(&mut self, gpa: GuestPhysAddr) -> NptResult<(Translation, TlbFlush)> {
-        let LeafRef {
-            table,
-            idx,
-            entry,
-            size,
-        } = self.leaf_at(gpa)?;
-        self.retired.reserve(F::LEVELS - 1)?;
-        table.set(idx, F::Entry::from_raw(0));
-        self.count_leaves(size, 1, false);
+        let mut path = self.tree().path();
+        let (slot, size) = self.leaf_at(gpa, &mut path)?;
+        self.books.retired.reserve(F::LEVELS - 1)?;
+        slot.table.set(slot.idx, F::Entry::from_raw(0));
+        self.books.leaves(size, 1, false);
         let mut flush = TlbFlush::none();
         flush.add(gpa.as_usize(), size.bytes());
         let t = Translation {
-            hpa: entry.paddr().into(),
-            flags: entry.flags(),
+            hpa: slot.entry.paddr().into(),
+            flags: slot.entry.flags(),
             size,
         };
-        // Free tables that became empty on the way down.
-        self.prune_path(gpa.as_usize(), &mut flush);
+        // Park tables that became empty, on the path the walk kept.
+        let (tree, books) = self.parts();
+        tree.prune(books, &mut path, gpa.as_usize(), &mut flush);
         Ok((t, flush))
     }
 
@@ -489,14 +445,9 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// accessed/dirty state among them).
     pub fn protect(&mut self, gpa: GuestPhysAddr, flags: MappingFlags) -> NptResult<TlbFlush> {
         npt_entry::check_flags(flags)?;
-        let LeafRef {
-            table,
-            idx,
-            entry,
-            size,
-        } = self.leaf_at(gpa)?;
+        let (slot, size) = self.leaf_at(gpa, &mut self.tree().path())?;
         let template = F::Entry::new_page(0.into(), flags, size.is_huge());
-        table.set(idx, entry.with_flags_of(template));
+        slot.table.set(slot.idx, slot.entry.with_flags_of(template));
         let mut flush = TlbFlush::none();
         flush.add(gpa.as_usize(), size.bytes());
         Ok(flush)
@@ -511,82 +462,41 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         flags: MappingFlags,
     ) -> NptResult<TlbFlush> {
         npt_entry::check_flags(flags)?;
-        let LeafRef {
-            table, idx, size, ..
-        } = self.leaf_at(gpa)?;
+        let (slot, size) = self.leaf_at(gpa, &mut self.tree().path())?;
         self.check_hpa_range(hpa, size.bytes(), size.bytes())?;
-        table.set(idx, F::Entry::new_page(hpa.into(), flags, size.is_huge()));
+        slot.table.set(
+            slot.idx,
+            F::Entry::new_page(hpa.into(), flags, size.is_huge()),
+        );
         let mut flush = TlbFlush::none();
         flush.add(gpa.as_usize(), size.bytes());
         Ok(flush)
     }
 
-    /// The leaf starting exactly at `gpa`.
-    fn leaf_at(&self, gpa: GuestPhysAddr) -> NptResult<LeafRef<F::Entry>> {
+    /// The leaf starting exactly at `gpa`, walked along `path`.
+    fn leaf_at(
+        &self,
+        gpa: GuestPhysAddr,
+        path: &mut Path<F::Entry>,
+    ) -> NptResult<(crate::walk::Slot<F::Entry>, PageSize)> {
         let addr = gpa.as_usize();
         Self::check_gpa_range(gpa, PageSize::Size4K.bytes(), PageSize::Size4K.bytes())?;
-        let leaf = self.find_leaf(addr).ok_or(NptError::NotMapped { gpa })?;
-        if !leaf.size.is_aligned(addr) {
-            return Err(NptError::SizeMismatch {
-                gpa,
-                mapped: leaf.size,
-            });
+        let slot = self.tree().walk_path(path, addr, F::LEVELS - 1);
+        let Step::Leaf(size) = slot.step else {
+            return Err(NptError::NotMapped { gpa });
+        };
+        if !size.is_aligned(addr) {
+            return Err(NptError::SizeMismatch { gpa, mapped: size });
         }
-        Ok(leaf)
-    }
-
-    /// Frees the tables on the path to `gpa` that are empty, deepest first.
-    pub(crate) fn prune_path(&mut self, gpa: usize, flush: &mut TlbFlush) {
-        let mut path: [(TableRef<F::Entry>, usize); MAX_LEVELS] =
-            [(self.root_table(), 0); MAX_LEVELS];
-        let mut depth = 0;
-        let mut table = self.root_table();
-        for (level, slot) in path.iter_mut().enumerate().take(F::LEVELS) {
-            let idx = F::index(gpa, level);
-            *slot = (table, idx);
-            depth = level;
-            let entry = table.get(idx);
-            if entry.kind(level == F::LEVELS - 1) != EntryKind::Table {
-                break;
-            }
-            table = self.child(entry);
-        }
-        // path[l] is the table at level l; unlink it from level l-1 when empty.
-        for level in (1..=depth).rev() {
-            let (table, _) = path[level];
-            if !table.is_empty(npt_entry::ENTRIES_PER_TABLE) {
-                break;
-            }
-            let (parent, pidx) = path[level - 1];
-            parent.set(pidx, F::Entry::from_raw(0));
-            let span = 1usize << F::shift(level - 1);
-            flush.add(gpa & !(span - 1), span);
-            self.retire_table(table, flush);
-        }
+        Ok((slot, size))
     }
 }
 
 impl<F: NptFormat, A: FrameAllocator> Drop for NestedPageTable<F, A> {
     fn drop(&mut self) {
-        fn free_level<F: NptFormat, A: FrameAllocator>(
-            t: &NestedPageTable<F, A>,
-            table: TableRef<F::Entry>,
-            level: usize,
-        ) {
-            if level + 1 >= F::LEVELS {
-                return;
-            }
-            for idx in 0..F::entries(level) {
-                let entry = table.get(idx);
-                if entry.kind(false) == EntryKind::Table {
-                    let child = t.child(entry);
-                    free_level(t, child, level + 1);
-                    t.alloc.dealloc_frames(child.hpa(), 1);
-                }
-            }
-        }
-        free_level(self, self.root_table(), 0);
+        let (tree, books) = self.parts();
+        tree.release_all(books);
         self.alloc.dealloc_frames(self.root, F::ROOT_FRAMES);
-        self.retired.release_everything(&self.alloc);
+        self.books.retired.release_everything(&self.alloc);
     }
 }
