@@ -48,6 +48,7 @@ extern crate std;
 
 mod collapse;
 mod cursor;
+mod entry;
 mod error;
 mod flush;
 mod frames;
@@ -67,6 +68,7 @@ mod walk;
 
 pub use collapse::Collapsed;
 pub use cursor::Cursor;
+pub use entry::{Entry, LeafEntry, Mappings, VacantEntry};
 pub use error::{NptError, NptResult};
 pub use flush::{FLUSH_RANGES, TlbFlush};
 pub use frames::{FRAME_SIZE, FrameAllocator, HandlerAllocator};

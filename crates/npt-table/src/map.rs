@@ -144,22 +144,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         if slot.entry.raw() != 0 && !(slot.level < level && matches!(slot.step, Step::Empty)) {
             return Err(NptError::AlreadyMapped { gpa });
         }
-        let mut stash = self.take_stash(level - slot.level)?;
-        let (tree, books) = self.parts();
-        let Some(table) = tree.descend(books, &mut path, addr, level, &mut stash, None) else {
-            stash.give_back(&self.alloc);
-            debug_assert!(false, "stash sized to the missing tables");
-            return Err(NptError::NoMemory);
-        };
-        table.set(
-            F::index(addr, level),
-            F::Entry::new_page(hpa.into(), flags, size.is_huge()),
-        );
-        self.books.leaves(size, 1, true);
-        stash.give_back(&self.alloc);
-        let mut flush = TlbFlush::none();
-        flush.add(addr, size.bytes());
-        Ok(flush)
+        self.insert_at(&mut path, addr, slot.level, level, hpa, size, flags)
     }
 
     /// Maps `frames.len()` pages of 4 KiB at `gpa`, page `i` to `frames[i]`

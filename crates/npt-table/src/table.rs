@@ -6,14 +6,15 @@ use alloc::vec::Vec;
 use core::marker::PhantomData;
 
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
-use npt_entry::{GenericPTE, NestedEntry, NptFormat};
+use npt_entry::{GenericPTE, NptFormat};
 
+use crate::entry::{Entry, LeafEntry};
 use crate::error::{NptError, NptResult};
 use crate::flush::TlbFlush;
 use crate::frames::{FRAME_SIZE, FrameAllocator};
 use crate::raw::zero_frames;
 use crate::retire::Retired;
-use crate::walk::{Path, Step, Tree};
+use crate::walk::Tree;
 
 /// One guest-physical translation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -399,7 +400,14 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// The host address `gpa` maps to, if any.
     #[inline]
     pub fn translate(&self, gpa: GuestPhysAddr) -> Option<HostPhysAddr> {
-        self.translate_leaf(gpa).map(|(hpa, _)| hpa)
+        if !F::gpa_in_range(gpa) {
+            return None;
+        }
+        let hpa = self
+            .tree()
+            .walk(gpa.as_usize(), &mut ())
+            .hpa(gpa.as_usize())?;
+        Some(HostPhysAddr::from_usize(hpa))
     }
 
     /// The host address `gpa` maps to and the size of the leaf mapping it,
@@ -422,22 +430,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// what it mapped. Tables left empty are parked until the returned
     /// record is completed.
     pub fn unmap(&mut self, gpa: GuestPhysAddr) -> NptResult<(Translation, TlbFlush)> {
-        let mut path = self.tree().path();
-        let (slot, size) = self.leaf_at(gpa, &mut path)?;
-        self.books.retired.reserve(F::LEVELS - 1)?;
-        slot.table.set(slot.idx, F::Entry::from_raw(0));
-        self.books.leaves(size, 1, false);
-        let mut flush = TlbFlush::none();
-        flush.add(gpa.as_usize(), size.bytes());
-        let t = Translation {
-            hpa: slot.entry.paddr().into(),
-            flags: slot.entry.flags(),
-            size,
-        };
-        // Park tables that became empty, on the path the walk kept.
-        let (tree, books) = self.parts();
-        tree.prune(books, &mut path, gpa.as_usize(), &mut flush);
-        Ok((t, flush))
+        self.leaf_at(gpa)?.unmap()
     }
 
     /// Changes the flags of the leaf that starts at `gpa`, keeping its
@@ -445,12 +438,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// accessed/dirty state among them).
     pub fn protect(&mut self, gpa: GuestPhysAddr, flags: MappingFlags) -> NptResult<TlbFlush> {
         npt_entry::check_flags(flags)?;
-        let (slot, size) = self.leaf_at(gpa, &mut self.tree().path())?;
-        let template = F::Entry::new_page(0.into(), flags, size.is_huge());
-        slot.table.set(slot.idx, slot.entry.with_flags_of(template));
-        let mut flush = TlbFlush::none();
-        flush.add(gpa.as_usize(), size.bytes());
-        Ok(flush)
+        self.leaf_at(gpa)?.protect(flags)
     }
 
     /// Points the leaf that starts at `gpa` at `hpa` with `flags`, keeping
@@ -462,33 +450,21 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         flags: MappingFlags,
     ) -> NptResult<TlbFlush> {
         npt_entry::check_flags(flags)?;
-        let (slot, size) = self.leaf_at(gpa, &mut self.tree().path())?;
-        self.check_hpa_range(hpa, size.bytes(), size.bytes())?;
-        slot.table.set(
-            slot.idx,
-            F::Entry::new_page(hpa.into(), flags, size.is_huge()),
-        );
-        let mut flush = TlbFlush::none();
-        flush.add(gpa.as_usize(), size.bytes());
-        Ok(flush)
+        self.leaf_at(gpa)?.remap(hpa, flags)
     }
 
-    /// The leaf starting exactly at `gpa`, walked along `path`.
-    fn leaf_at(
-        &self,
-        gpa: GuestPhysAddr,
-        path: &mut Path<F::Entry>,
-    ) -> NptResult<(crate::walk::Slot<F::Entry>, PageSize)> {
+    /// The leaf starting exactly at `gpa`.
+    fn leaf_at(&mut self, gpa: GuestPhysAddr) -> NptResult<LeafEntry<'_, F, A>> {
         let addr = gpa.as_usize();
         Self::check_gpa_range(gpa, PageSize::Size4K.bytes(), PageSize::Size4K.bytes())?;
-        let slot = self.tree().walk_path(path, addr, F::LEVELS - 1);
-        let Step::Leaf(size) = slot.step else {
-            return Err(NptError::NotMapped { gpa });
-        };
-        if !size.is_aligned(addr) {
-            return Err(NptError::SizeMismatch { gpa, mapped: size });
+        match self.entry(gpa)? {
+            Entry::Leaf(leaf) if leaf.gpa().as_usize() == addr => Ok(leaf),
+            Entry::Leaf(leaf) => Err(NptError::SizeMismatch {
+                gpa,
+                mapped: leaf.size(),
+            }),
+            Entry::Vacant(_) => Err(NptError::NotMapped { gpa }),
         }
-        Ok((slot, size))
     }
 }
 

@@ -61,6 +61,18 @@ pub(crate) struct Slot<E> {
 }
 
 impl<E: NestedEntry> Slot<E> {
+    /// The leaf's host address for `gpa`, if the walk ended at a leaf.
+    #[inline(always)]
+    pub(crate) fn hpa(&self, gpa: usize) -> Option<usize> {
+        match self.step {
+            Step::Leaf(size) => {
+                let base: usize = self.entry.paddr().into();
+                Some(base + size.offset(gpa))
+            }
+            _ => None,
+        }
+    }
+
     /// The leaf's host address for `gpa` and its size, if the walk ended
     /// at a leaf.
     #[inline(always)]
@@ -233,6 +245,10 @@ impl<'a, F: NptFormat, A: FrameAllocator> Tree<'a, F, A> {
     /// Walks towards `gpa` from `table` at `level`, following table
     /// entries down to level `until` at most, and stops at the first entry
     /// that is not a table (or at `until`). `rec` sees every table read.
+    ///
+    /// The shift and index mask move down one level per step, so the hot
+    /// loop does no per-level lookups; what the stopping entry means is
+    /// worked out once, at the end.
     #[inline(always)]
     pub(crate) fn walk_from<R: Record<F::Entry>>(
         self,
@@ -242,26 +258,27 @@ impl<'a, F: NptFormat, A: FrameAllocator> Tree<'a, F, A> {
         until: usize,
         rec: &mut R,
     ) -> Slot<F::Entry> {
+        let mut shift = F::shift(level);
+        let mut mask = F::entries(level) - 1;
         loop {
             rec.table(level, table);
-            let idx = F::index(gpa, level);
+            let idx = (gpa >> shift) & mask;
             let entry = table.get(idx);
-            let step = self.step(entry, level);
-            match step {
-                Step::Table(child) if level < until => {
-                    table = child;
-                    level += 1;
-                }
-                _ => {
-                    return Slot {
-                        table,
-                        level,
-                        idx,
-                        entry,
-                        step,
-                    };
-                }
+            let last = is_last::<F>(level);
+            if level < until && !last && entry.kind(false) == EntryKind::Table {
+                table = self.child(entry);
+                level += 1;
+                shift -= npt_entry::BITS_PER_LEVEL;
+                mask = npt_entry::ENTRIES_PER_TABLE - 1;
+                continue;
             }
+            return Slot {
+                table,
+                level,
+                idx,
+                entry,
+                step: self.step(entry, level),
+            };
         }
     }
 
