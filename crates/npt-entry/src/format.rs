@@ -156,7 +156,7 @@ pub const fn check_leaf_address(
 /// |---|---|---|
 /// | none | **not present** in every format: [`NestedEntry::kind`] is [`EntryKind::Empty`] at every level and `is_present()` is false (EPT bits 2:0 = 0, NPT P = 0, Arm descriptor bit 0 = 0, RISC-V V = 0) | [`EntryError::BadFlags`] |
 /// | `WRITE` without `READ` | promoted to `READ \| WRITE` (write-only is an EPT misconfiguration and a reserved RISC-V encoding; Arm and AMD follow the same rule) | [`EntryError::BadFlags`] |
-/// | `EXECUTE` alone | execute-only where the format can always express it (Arm stage 2 `S2AP = 00`, `XN = 00`; RISC-V `X` alone); read+execute on AMD NPT (a present entry is always readable) and on EPT (execute-only needs a CPU capability) | accepted, except EPT: [`EntryError::ExecuteOnly`] unless [`crate::ept::EptCaps`] says the CPU supports it |
+/// | `EXECUTE` alone | execute-only where the format can always express it (Arm stage 2 `S2AP = 00`, `XN = 00`; RISC-V `X` alone); read+execute on AMD NPT (a present entry is always readable) and on EPT (execute-only needs a CPU capability) | accepted, except EPT: [`EntryError::ExecuteOnly`]; execute-only EPT leaves come from [`crate::ept::EptEntry::new_leaf_with`] with [`crate::ept::EptCaps`] stating the CPU supports them |
 pub trait NestedEntry: GenericPTE + PartialEq + Eq + 'static {
     /// Whether the hardware sets accessed/dirty bits in this format's leaves.
     const HAS_ACCESSED_DIRTY: bool;
