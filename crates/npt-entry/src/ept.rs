@@ -15,9 +15,36 @@
 //! | 7 | 0: table | 1 in PDPTE/PDE: large page; ignored in a PTE |
 //! | 8 | accessed | accessed |
 //! | 9 | ignored | dirty |
-//! | 10 | user-mode execute (MBEC) | user-mode execute (MBEC) |
+//! | 10 | user-mode execute (MBEC); set by `new_table` | user-mode execute (MBEC); opt-in |
 //! | 51:12 | next table | frame (51:30 for 1 GiB, 51:21 for 2 MiB; the low bits reserved) |
-//! | 63 | ignored | suppress #VE |
+//! | 63 | ignored | suppress #VE; opt-in |
+//!
+//! # Encodings a processor never rejects
+//!
+//! An EPT misconfiguration exit (SDM Vol. 3C, 29.3.3.1 "EPT
+//! Misconfigurations") follows from an entry with bit 0 (read) clear and
+//! bit 1 (write) set, or, on a processor without execute-only support
+//! (IA32_VMX_EPT_VPID_CAP bit 0, Appendix A.10), bit 0 clear and bit 2 (or
+//! under mode-based execute control bit 10) set. So:
+//!
+//! - [`GenericPTE::new_page`] and [`GenericPTE::set_flags`], which cannot
+//!   fail, promote `WRITE` to read+write and `EXECUTE` without `READ` to
+//!   read+execute, and build no-access flags as a not-present entry (bits
+//!   2:0 = 0);
+//! - the checked constructors ([`NestedEntry::try_new_leaf`],
+//!   [`EptEntry::new_leaf`]) refuse no access and write without read with
+//!   [`EntryError::BadFlags`] and execute-only with
+//!   [`EntryError::ExecuteOnly`];
+//! - [`EptEntry::new_leaf_with`] builds a true execute-only leaf when its
+//!   [`EptLeafOptions`] carry [`EptCaps`] stating the processor supports
+//!   it.
+//!
+//! # Per-mapping options
+//!
+//! [`EptLeafOptions`] also chooses, per leaf, whether the guest PAT takes
+//! part in the memory type ([`PatPolicy`], bit 6), the user-mode execute
+//! right of mode-based execute control (bit 10) and suppress #VE (bit 63).
+//! The defaults are those of `new_page`: ignore PAT, bits 10 and 63 clear.
 //!
 //! [`EptEntry`] implements [`GenericPTE`] and [`NestedEntry`]; [`Eptp`] is
 //! the VM-execution control field that points the processor at the root.
@@ -49,6 +76,214 @@ use gpa_types::{HostPhysAddr, MappingFlags, MemoryType, PageSize};
 use memory_addr::PhysAddr;
 
 use crate::{EntryError, GenericPTE, NestedEntry, NptFormat, check_flags, check_leaf_address};
+
+/// The EPT capabilities that decide which leaf encodings the processor
+/// accepts, as the caller read them from the processor.
+///
+/// Today that is one capability: execute-only translations, reported by bit
+/// 0 of the IA32_VMX_EPT_VPID_CAP MSR (index 48CH; SDM Vol. 3C, Appendix
+/// A.10 "VPID and EPT Capabilities"). Without it, an entry with bit 0 clear
+/// and bit 2 set is an EPT misconfiguration (29.3.3.1).
+///
+/// [`EptCaps::NONE`] (also the `Default`) states nothing; it is what
+/// [`GenericPTE::new_page`], [`NestedEntry::try_new_leaf`] and
+/// [`EptEntry::new_leaf`] assume.
+///
+/// ```
+/// use gpa_types::{HostPhysAddr, MappingFlags, MemoryType, PageSize};
+/// use npt_entry::{EntryError, NestedEntry};
+/// use npt_entry::ept::{EptCaps, EptEntry, EptLeafOptions};
+///
+/// let x = MappingFlags::EXECUTE;
+/// let hpa = HostPhysAddr::from(0x5000);
+/// // Nothing stated: execute-only is refused ...
+/// assert_eq!(EptEntry::try_new_leaf(hpa, x, PageSize::Size4K), Err(EntryError::ExecuteOnly(x)));
+/// // ... unless IA32_VMX_EPT_VPID_CAP bit 0 is set (a value read with RDMSR).
+/// let caps = EptCaps::from_ept_vpid_cap(0x0f01_06f1_4141);
+/// let opts = EptLeafOptions::new().with_caps(caps);
+/// let leaf = EptEntry::new_leaf_with(hpa, x, PageSize::Size4K, MemoryType::WriteBack, opts)?;
+/// // X (0x4) | WB (6 << 3) | ignore PAT (0x40): bit 0 (read) clear.
+/// assert_eq!(leaf.raw(), 0x5074);
+/// # Ok::<(), EntryError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct EptCaps {
+    /// IA32_VMX_EPT_VPID_CAP bit 0.
+    execute_only: bool,
+}
+
+impl EptCaps {
+    /// Bit 0 of IA32_VMX_EPT_VPID_CAP: "the processor supports
+    /// execute-only translations by EPT" (SDM Vol. 3C, Appendix A.10).
+    pub const VPID_CAP_EXECUTE_ONLY: u64 = 1 << 0;
+
+    /// No capability stated: execute-only leaves are refused or promoted.
+    pub const NONE: Self = Self {
+        execute_only: false,
+    };
+
+    /// The capabilities in a value of the IA32_VMX_EPT_VPID_CAP MSR (only
+    /// the bits this crate uses are read).
+    pub const fn from_ept_vpid_cap(msr: u64) -> Self {
+        Self {
+            execute_only: msr & Self::VPID_CAP_EXECUTE_ONLY != 0,
+        }
+    }
+
+    /// These capabilities with execute-only support stated (`true`) or not.
+    pub const fn with_execute_only(self, supported: bool) -> Self {
+        Self {
+            execute_only: supported,
+        }
+    }
+
+    /// Whether execute-only translations are stated to be supported.
+    pub const fn execute_only(self) -> bool {
+        self.execute_only
+    }
+
+    /// Checks leaf flags on a processor with these capabilities:
+    /// [`check_flags`] (some access, no write without read), then
+    /// [`EntryError::ExecuteOnly`] for `EXECUTE` without `READ` unless
+    /// execute-only is supported.
+    pub const fn check_flags(self, flags: MappingFlags) -> Result<(), EntryError> {
+        if let Err(e) = check_flags(flags) {
+            return Err(e);
+        }
+        if !self.execute_only
+            && flags.contains(MappingFlags::EXECUTE)
+            && !flags.contains(MappingFlags::READ)
+        {
+            return Err(EntryError::ExecuteOnly(flags));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a leaf's EPT memory type is the final type or combines with the
+/// guest's PAT type: bit 6 of the leaf, "ignore PAT memory type" (SDM
+/// Vol. 3C, 29.3.7.2 "Memory Type Used for Translated Guest-Physical
+/// Addresses").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PatPolicy {
+    /// Bit 6 set: the EPT memory type is the type of the access, whatever
+    /// the guest's PAT selects. The default, and what
+    /// [`GenericPTE::new_page`] builds: guest RAM is write-back and device
+    /// memory UC no matter what the guest programs.
+    #[default]
+    IgnoreGuestPat,
+    /// Bit 6 clear: the EPT memory type takes the place of the MTRR type and
+    /// combines with the type the guest's PAT selects as Vol. 3A, 13.5.2.2,
+    /// Table 13-7 "Effective Page-Level Memory Types" gives. With EPT type UC
+    /// the result is UC for every guest PAT type except WC, which stays WC:
+    /// the guest can make a frame buffer write-combining, as KVM allows for
+    /// MMIO.
+    CombineWithGuestPat,
+}
+
+/// Per-leaf EPT choices beyond access rights and memory type, for
+/// [`EptEntry::new_leaf_with`]. [`EptLeafOptions::new`] (also the
+/// `Default`) gives the leaf [`GenericPTE::new_page`] builds.
+///
+/// ```
+/// use gpa_types::{HostPhysAddr, MappingFlags, MemoryType, PageSize};
+/// use npt_entry::NestedEntry;
+/// use npt_entry::ept::{EptEntry, EptLeafOptions, PatPolicy};
+///
+/// // An MMIO page whose caching the guest's PAT may relax to WC.
+/// let opts = EptLeafOptions::new().with_pat(PatPolicy::CombineWithGuestPat);
+/// let rw = MappingFlags::READ | MappingFlags::WRITE;
+/// let hpa = HostPhysAddr::from(0xfd00_0000);
+/// let leaf = EptEntry::new_leaf_with(hpa, rw, PageSize::Size4K, MemoryType::Device, opts)?;
+/// // R|W, memory type UC (0), bit 6 clear.
+/// assert_eq!(leaf.raw(), 0xfd00_0003);
+/// # Ok::<(), npt_entry::EntryError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct EptLeafOptions {
+    /// What the processor supports.
+    caps: EptCaps,
+    /// Bit 6.
+    pat: PatPolicy,
+    /// Bit 10.
+    user_execute: bool,
+    /// Bit 63.
+    suppress_ve: bool,
+}
+
+impl EptLeafOptions {
+    /// The options of [`GenericPTE::new_page`]: no capability stated,
+    /// [`PatPolicy::IgnoreGuestPat`], user execute and suppress #VE clear.
+    pub const fn new() -> Self {
+        Self {
+            caps: EptCaps::NONE,
+            pat: PatPolicy::IgnoreGuestPat,
+            user_execute: false,
+            suppress_ve: false,
+        }
+    }
+
+    /// The processor's capabilities: with [`EptCaps::execute_only`],
+    /// `EXECUTE` without `READ` builds an execute-only leaf.
+    pub const fn with_caps(self, caps: EptCaps) -> Self {
+        Self { caps, ..self }
+    }
+
+    /// Whether the guest PAT combines with the leaf's memory type.
+    pub const fn with_pat(self, pat: PatPolicy) -> Self {
+        Self { pat, ..self }
+    }
+
+    /// Sets bit 10, "execute access for user-mode linear addresses", for a
+    /// hypervisor that enables the "mode-based execute control for EPT"
+    /// VM-execution control (secondary processor-based control bit 22, SDM
+    /// Vol. 3C, 25.6.2 "Processor-Based VM-Execution Controls"; 29.3.2,
+    /// Tables 29-2, 29-4, 29-6). Under that control
+    /// `EXECUTE` (bit 2) allows supervisor-mode fetches only and this bit
+    /// user-mode fetches; without it the bit is ignored. Table entries from
+    /// [`GenericPTE::new_table`] set bit 10, so the leaf decides.
+    pub const fn with_user_execute(self, allow: bool) -> Self {
+        Self {
+            user_execute: allow,
+            ..self
+        }
+    }
+
+    /// Sets bit 63, "suppress #VE", for a hypervisor that enables the
+    /// "EPT-violation #VE" VM-execution control (secondary processor-based
+    /// control bit 18, 25.6.2 "Processor-Based VM-Execution Controls"; SDM
+    /// Vol. 3C, 29.3.2, Tables 29-2, 29-4, 29-6, and the section
+    /// "Virtualization Exceptions" of the chapter "VMX Non-Root
+    /// Operation"): an EPT violation on the leaf
+    /// then causes a VM exit rather than a #VE in the guest. Ignored without
+    /// that control.
+    pub const fn with_suppress_ve(self, suppress: bool) -> Self {
+        Self {
+            suppress_ve: suppress,
+            ..self
+        }
+    }
+
+    /// The stated capabilities.
+    pub const fn caps(&self) -> EptCaps {
+        self.caps
+    }
+
+    /// The guest-PAT policy.
+    pub const fn pat(&self) -> PatPolicy {
+        self.pat
+    }
+
+    /// Whether bit 10 (user-mode execute) is set.
+    pub const fn user_execute(&self) -> bool {
+        self.user_execute
+    }
+
+    /// Whether bit 63 (suppress #VE) is set.
+    pub const fn suppress_ve(&self) -> bool {
+        self.suppress_ve
+    }
+}
 
 /// An EPT paging-structure entry (PML5E/PML4E/PDPTE/PDE/PTE).
 #[repr(transparent)]
@@ -223,28 +458,37 @@ impl EptEntry {
     /// kept.
     const FLAG_BITS: u64 = Self::RWX | (0b111 << 3) | Self::IGNORE_PAT | Self::LARGE_PAGE;
 
-    /// The access-right bits for the generic flags.
+    /// The access-right bits 2:0 for the generic flags, never a
+    /// misconfiguration (29.3.3.1): `WRITE` sets read too, and `EXECUTE`
+    /// without `READ` sets read too unless `execute_only` (the processor
+    /// supports execute-only translations). No rights give 0 (not present).
     #[inline]
-    fn rights(flags: MappingFlags) -> u64 {
+    fn rights(flags: MappingFlags, execute_only: bool) -> u64 {
         let mut bits = 0;
         if flags.contains(MappingFlags::READ) {
             bits |= Self::READ;
         }
         if flags.contains(MappingFlags::WRITE) {
-            bits |= Self::WRITE;
+            bits |= Self::READ | Self::WRITE;
         }
         if flags.contains(MappingFlags::EXECUTE) {
             bits |= Self::EXECUTE;
+            if !execute_only {
+                bits |= Self::READ;
+            }
         }
         bits
     }
 
     /// The bits [`GenericPTE::set_flags`] controls for a leaf with these
-    /// rights and memory type: access rights, memory type, ignore PAT, and
-    /// the large-page bit when `is_huge`.
+    /// rights (bits 2:0), memory type and PAT policy: access rights, memory
+    /// type, ignore PAT, and the large-page bit when `is_huge`.
     #[inline]
-    fn leaf_bits(flags: MappingFlags, memory_type: EptMemoryType, is_huge: bool) -> u64 {
-        let mut bits = Self::rights(flags) | Self::IGNORE_PAT;
+    fn leaf_bits(rights: u64, memory_type: EptMemoryType, pat: PatPolicy, is_huge: bool) -> u64 {
+        let mut bits = rights;
+        if matches!(pat, PatPolicy::IgnoreGuestPat) {
+            bits |= Self::IGNORE_PAT;
+        }
         bits.set_bits(Self::MEMORY_TYPE, memory_type.bits());
         if is_huge {
             bits |= Self::LARGE_PAGE;
@@ -256,11 +500,14 @@ impl EptEntry {
     /// memory type, with the encoding for `size` (a PTE for 4 KiB, a
     /// PDPTE/PDE with bit 7 set for 1 GiB/2 MiB).
     ///
-    /// Checks [`check_flags`] (some access, no write without read, which the
-    /// SDM makes a misconfiguration) and [`check_leaf_address`]. The leaf
-    /// gets [`EptEntry::IGNORE_PAT`], so `memory_type` is the type the guest
-    /// gets, whatever its own PAT says. `USER`, `DEVICE` and `UNCACHED` in
-    /// `flags` are ignored: `memory_type` decides the cacheability.
+    /// Checks [`EptCaps::NONE`]'s [`EptCaps::check_flags`] (some access, no
+    /// write without read, no execute-only: each a misconfiguration, the
+    /// last on processors without the capability, 29.3.3.1) and
+    /// [`check_leaf_address`]. The leaf gets [`EptEntry::IGNORE_PAT`], so
+    /// `memory_type` is the type the guest gets, whatever its own PAT says.
+    /// `USER`, `DEVICE` and `UNCACHED` in `flags` are ignored: `memory_type`
+    /// decides the cacheability. [`EptEntry::new_leaf_with`] takes the other
+    /// choices.
     ///
     /// `size` picks the encoding only; whether a level may hold such a leaf
     /// is [`NptFormat::level_of`]'s business (EPT has no 512 GiB leaves).
@@ -270,10 +517,35 @@ impl EptEntry {
         size: PageSize,
         memory_type: MemoryType,
     ) -> Result<Self, EntryError> {
-        check_flags(flags)?;
+        Self::new_leaf_with(hpa, flags, size, memory_type, EptLeafOptions::new())
+    }
+
+    /// [`EptEntry::new_leaf`] with per-leaf options: execute-only when
+    /// `options` states the processor supports it, the guest-PAT policy
+    /// (bit 6), user-mode execute (bit 10) and suppress #VE (bit 63).
+    ///
+    /// Checks `options.caps()`'s [`EptCaps::check_flags`] and
+    /// [`check_leaf_address`]. The rights are exactly `READ`/`WRITE`/
+    /// `EXECUTE` of `flags` (nothing to promote once checked).
+    pub fn new_leaf_with(
+        hpa: HostPhysAddr,
+        flags: MappingFlags,
+        size: PageSize,
+        memory_type: MemoryType,
+        options: EptLeafOptions,
+    ) -> Result<Self, EntryError> {
+        options.caps.check_flags(flags)?;
         check_leaf_address(hpa, size, Self::PA_BITS)?;
-        let attrs = Self::leaf_bits(flags, memory_type.into(), size.is_huge());
-        Ok(Self(addr_field(hpa.as_usize(), ADDR_MASK) | attrs))
+        let rights = Self::rights(flags, options.caps.execute_only);
+        let mut bits = addr_field(hpa.as_usize(), ADDR_MASK)
+            | Self::leaf_bits(rights, memory_type.into(), options.pat, size.is_huge());
+        if options.user_execute {
+            bits |= Self::USER_EXECUTE;
+        }
+        if options.suppress_ve {
+            bits |= Self::SUPPRESS_VE;
+        }
+        Ok(Self(bits))
     }
 
     /// The raw memory-type field, or `None` for a reserved encoding.
@@ -286,6 +558,23 @@ impl EptEntry {
         self.0 & Self::IGNORE_PAT != 0
     }
 
+    /// The guest-PAT policy bit 6 encodes.
+    pub const fn pat_policy(&self) -> PatPolicy {
+        if self.ignores_pat() {
+            PatPolicy::IgnoreGuestPat
+        } else {
+            PatPolicy::CombineWithGuestPat
+        }
+    }
+
+    /// Sets bit 6 for `pat` (leaves only: bit 6 is reserved in table
+    /// entries). [`GenericPTE::set_flags`] and
+    /// [`NestedEntry::with_flags_of`] rebuild the memory type and set bit 6
+    /// again, as `new_page` does.
+    pub fn set_pat_policy(&mut self, pat: PatPolicy) {
+        self.0.set_bit(6, matches!(pat, PatPolicy::IgnoreGuestPat));
+    }
+
     /// Whether user-mode fetches are allowed under mode-based execute
     /// control ([`EptEntry::USER_EXECUTE`]).
     pub const fn user_execute(&self) -> bool {
@@ -294,7 +583,13 @@ impl EptEntry {
 
     /// Sets or clears [`EptEntry::USER_EXECUTE`]. Only meaningful with the
     /// "mode-based execute control for EPT" VM-execution control, and then
-    /// needed on every entry of the walk (rights are ANDed down the walk).
+    /// needed on every entry of the walk (rights are ANDed down the walk;
+    /// [`GenericPTE::new_table`] sets it in table entries). Under that
+    /// control an entry with bit 10 set is present even with bits 2:0
+    /// clear, and bit 10 with bit 0 clear needs execute-only support
+    /// (29.3.3.1), so set it on leaves that allow reads, or on execute-only
+    /// leaves built with [`EptCaps::execute_only`]. Kept by
+    /// [`GenericPTE::set_flags`].
     pub fn set_user_execute(&mut self, allow: bool) {
         self.0.set_bit(10, allow);
     }
@@ -306,7 +601,8 @@ impl EptEntry {
     }
 
     /// Sets or clears [`EptEntry::SUPPRESS_VE`]. [`GenericPTE::new_page`]
-    /// leaves it clear.
+    /// leaves it clear; [`GenericPTE::set_flags`] keeps it. Only meaningful
+    /// with the "EPT-violation #VE" VM-execution control.
     pub fn set_suppress_ve(&mut self, suppress: bool) {
         self.0.set_bit(63, suppress);
     }
@@ -319,7 +615,10 @@ impl fmt::Debug for EptEntry {
             .field("paddr", &format_args!("{:#x}", self.0 & ADDR_MASK))
             .field("rwx", &format_args!("{:03b}", self.0 & Self::RWX))
             .field("memory_type", &self.ept_memory_type())
+            .field("ignore_pat", &self.ignores_pat())
             .field("large", &self.is_huge())
+            .field("user_execute", &self.user_execute())
+            .field("suppress_ve", &self.suppress_ve())
             .finish()
     }
 }
@@ -330,11 +629,13 @@ impl GenericPTE for EptEntry {
     /// `UNCACHED`), [`EptEntry::IGNORE_PAT`] set, and [`EptEntry::LARGE_PAGE`]
     /// when `is_huge`.
     ///
-    /// Cannot fail: `paddr` is masked to bits 51:12, and to bits 51:21 when
-    /// `is_huge` (a 1 GiB leaf also needs bits 29:21 clear, which only
-    /// [`EptEntry::new_leaf`] / [`NestedEntry::try_new_leaf`] check). The
-    /// flags are not checked either: no rights gives a non-present entry,
-    /// write without read a misconfiguration.
+    /// Cannot fail, and never builds a misconfiguration (29.3.3.1): `WRITE`
+    /// without `READ` gives read+write, `EXECUTE` without `READ` gives
+    /// read+execute (execute-only needs a capability nothing has stated; see
+    /// [`EptEntry::new_leaf_with`]), and no rights give a not-present entry
+    /// (bits 2:0 clear). `paddr` is masked to bits 51:12, and to bits 51:21
+    /// when `is_huge` (a 1 GiB leaf also needs bits 29:21 clear, which only
+    /// [`EptEntry::new_leaf`] / [`NestedEntry::try_new_leaf`] check).
     fn new_page(paddr: PhysAddr, flags: MappingFlags, is_huge: bool) -> Self {
         let mask = if is_huge {
             ADDR_MASK & !OFFSET_2M
@@ -342,15 +643,19 @@ impl GenericPTE for EptEntry {
             ADDR_MASK
         };
         let memory_type = EptMemoryType::from_memory_type(MemoryType::from_flags(flags));
-        Self(addr_field(paddr.as_usize(), mask) | Self::leaf_bits(flags, memory_type, is_huge))
+        let rights = Self::rights(flags, false);
+        let attrs = Self::leaf_bits(rights, memory_type, PatPolicy::IgnoreGuestPat, is_huge);
+        Self(addr_field(paddr.as_usize(), mask) | attrs)
     }
 
     /// A pointer to the next table at `paddr` (masked to bits 51:12) with
-    /// read, write and execute all set: rights are ANDed along the walk, so
-    /// the leaf alone decides. Memory type, ignore-PAT and bit 7 stay 0
-    /// (reserved in table entries).
+    /// read, write, execute and user-mode execute (bit 10) all set: rights
+    /// are ANDed along the walk, so the leaf alone decides, with or without
+    /// mode-based execute control (bit 10 is ignored without it; Table 29-1
+    /// and the other table-entry formats of 29.3.2). Memory type,
+    /// ignore-PAT and bit 7 stay 0 (reserved in table entries).
     fn new_table(paddr: PhysAddr) -> Self {
-        Self(addr_field(paddr.as_usize(), ADDR_MASK) | Self::RWX)
+        Self(addr_field(paddr.as_usize(), ADDR_MASK) | Self::RWX | Self::USER_EXECUTE)
     }
 
     /// Bits 51:12. For leaves built here that is the frame address; a foreign
@@ -383,12 +688,15 @@ impl GenericPTE for EptEntry {
     }
 
     /// Rewrites the bits [`GenericPTE::new_page`] derives from `flags`
-    /// (rights, memory type, ignore PAT, large page) and keeps the address,
-    /// accessed/dirty, user execute and suppress #VE. For leaves only: on a
-    /// table entry it would set reserved bits.
+    /// (rights, promoted as `new_page` does; memory type; ignore PAT set;
+    /// large page) and keeps the address, accessed/dirty, user execute and
+    /// suppress #VE. For leaves only: on a table entry it would set reserved
+    /// bits.
     fn set_flags(&mut self, flags: MappingFlags, is_huge: bool) {
         let memory_type = EptMemoryType::from_memory_type(MemoryType::from_flags(flags));
-        self.0 = (self.0 & !Self::FLAG_BITS) | Self::leaf_bits(flags, memory_type, is_huge);
+        let rights = Self::rights(flags, false);
+        let attrs = Self::leaf_bits(rights, memory_type, PatPolicy::IgnoreGuestPat, is_huge);
+        self.0 = (self.0 & !Self::FLAG_BITS) | attrs;
     }
 
     fn bits(self) -> usize {
@@ -432,6 +740,14 @@ impl NestedEntry for EptEntry {
 
     fn raw(&self) -> u64 {
         self.0
+    }
+
+    /// [`EptCaps::NONE`]'s [`EptCaps::check_flags`]: no access and write
+    /// without read give [`EntryError::BadFlags`], execute-only
+    /// [`EntryError::ExecuteOnly`] (use [`EptEntry::new_leaf_with`] with
+    /// [`EptCaps::execute_only`] for execute-only leaves).
+    fn check_leaf_flags(flags: MappingFlags) -> Result<(), EntryError> {
+        EptCaps::NONE.check_flags(flags)
     }
 
     /// Sets or clears bit 7 and keeps every other bit: rights, memory type,
@@ -738,8 +1054,11 @@ mod tests {
 
     #[test]
     fn worked_example_table() {
+        // R|W|X (0x7) | user-mode execute (bit 10, 0x400): rights are ANDed
+        // down the walk, with or without mode-based execute control.
         let t = EptEntry::new_table(pa(0x8_0000_3000));
-        assert_eq!(t.raw(), 0x0000_0008_0000_3007);
+        assert_eq!(t.raw(), 0x0000_0008_0000_3407);
+        assert!(t.user_execute());
         assert_eq!(t.kind(false), EntryKind::Table);
         assert!(t.is_present());
         assert!(!t.is_huge());
@@ -790,8 +1109,174 @@ mod tests {
         }
         let wc = EptEntry::new_leaf(hpa, RW, PageSize::Size4K, MemoryType::WriteCombining);
         assert_eq!(wc.map(|e| e.raw()), Ok(0x104b));
-        let x_only = EptEntry::try_new_leaf(hpa, MappingFlags::EXECUTE, PageSize::Size4K);
-        assert_eq!(x_only.map(|e| e.raw()), Ok(0x1074));
+        // Execute-only needs IA32_VMX_EPT_VPID_CAP bit 0, which nothing has
+        // stated here (29.3.3.1, A.10).
+        let x = MappingFlags::EXECUTE;
+        assert_eq!(
+            EptEntry::try_new_leaf(hpa, x, PageSize::Size4K),
+            Err(EntryError::ExecuteOnly(x))
+        );
+        assert_eq!(
+            EptEntry::new_leaf(hpa, x, PageSize::Size4K, MemoryType::WriteBack),
+            Err(EntryError::ExecuteOnly(x))
+        );
+        assert_eq!(
+            EptEntry::check_leaf_flags(x),
+            Err(EntryError::ExecuteOnly(x))
+        );
+        // Write checks come first: W|X without R is BadFlags.
+        let wx = MappingFlags::WRITE | x;
+        assert_eq!(
+            EptEntry::check_leaf_flags(wx),
+            Err(EntryError::BadFlags(wx))
+        );
+        let msg = std::format!("{}", EntryError::ExecuteOnly(x));
+        assert!(msg.contains("execute-only"), "{msg}");
+    }
+
+    /// SDM Vol. 3C, 29.3.3.1: bits 2:0 = 010b (write-only) and 110b
+    /// (write/execute) are EPT misconfigurations on every processor.
+    /// `new_page` promotes write to read+write: the result always has bit 0.
+    #[test]
+    fn new_page_never_builds_write_without_read() {
+        let w = MappingFlags::WRITE;
+        let x = MappingFlags::EXECUTE;
+        // W -> R|W: 0x3 | WB 0x30 | ignore PAT 0x40.
+        let e = EptEntry::new_page(pa(0x7000), w, false);
+        assert_eq!(e.raw(), 0x7073);
+        assert_eq!(e.flags(), RW);
+        // W|X -> R|W|X: 0x7 | 0x30 | 0x40 | large 0x80.
+        let e = EptEntry::new_page(pa(0x20_0000), w | x, true);
+        assert_eq!(e.raw(), 0x20_00f7);
+        assert_eq!(e.flags(), RWX);
+        // set_flags follows the same rule.
+        let mut e = EptEntry::new_page(pa(0x7000), MappingFlags::READ, false);
+        e.set_flags(w | MappingFlags::DEVICE, false);
+        assert_eq!(e.raw(), 0x7043);
+        for rights in 0..8usize {
+            let f = MappingFlags::from_bits_truncate(rights);
+            for huge in [false, true] {
+                let raw = EptEntry::new_page(pa(0x20_0000), f, huge).raw();
+                assert!(raw & 0b111 == 0 || raw & 0b001 != 0, "{f:?} -> {raw:#x}");
+            }
+        }
+    }
+
+    /// 29.3.3.1 and Appendix A.10: bits 2:0 = 100b (execute-only) is a
+    /// misconfiguration unless IA32_VMX_EPT_VPID_CAP bit 0 is set.
+    /// `new_page` knows no capabilities and promotes to read+execute;
+    /// `new_leaf_with` builds execute-only when the caller states it.
+    #[test]
+    fn execute_only_needs_the_capability() {
+        let x = MappingFlags::EXECUTE;
+        // X -> R|X: 0x5 | WB 0x30 | ignore PAT 0x40.
+        let promoted = EptEntry::new_page(pa(0x9000), x, false);
+        assert_eq!(promoted.raw(), 0x9075);
+        assert_eq!(promoted.flags(), MappingFlags::READ | x);
+        let hpa = HostPhysAddr::from(0x9000);
+        let caps = EptCaps::from_ept_vpid_cap(EptCaps::VPID_CAP_EXECUTE_ONLY);
+        assert!(caps.execute_only());
+        assert_eq!(caps, EptCaps::NONE.with_execute_only(true));
+        assert!(!EptCaps::from_ept_vpid_cap(!1).execute_only());
+        assert_eq!(EptCaps::default(), EptCaps::NONE);
+        let opts = EptLeafOptions::new().with_caps(caps);
+        let e = EptEntry::new_leaf_with(hpa, x, PageSize::Size4K, MemoryType::WriteBack, opts);
+        // 0x4 | 0x30 | 0x40: bit 0 clear.
+        assert_eq!(e.map(|e| e.raw()), Ok(0x9074));
+        // A 2 MiB execute-only UC leaf: 0x4 | UC 0 | 0x40 | large 0x80.
+        let big = HostPhysAddr::from(0x4020_0000);
+        let e = EptEntry::new_leaf_with(big, x, PageSize::Size2M, MemoryType::Device, opts);
+        assert_eq!(e.map(|e| e.raw()), Ok(0x4020_00c4));
+        // Stating the capability does not allow write without read.
+        let wx = MappingFlags::WRITE | x;
+        assert_eq!(
+            EptEntry::new_leaf_with(hpa, wx, PageSize::Size4K, MemoryType::WriteBack, opts),
+            Err(EntryError::BadFlags(wx))
+        );
+        assert_eq!(caps.check_flags(x), Ok(()));
+        assert_eq!(
+            EptCaps::NONE.check_flags(x),
+            Err(EntryError::ExecuteOnly(x))
+        );
+        assert_eq!(EptCaps::NONE.check_flags(MappingFlags::READ | x), Ok(()));
+    }
+
+    /// SDM 29.3.2: bits 2:0 = 000b is "not present"; no access builds one.
+    #[test]
+    fn no_access_is_not_present() {
+        for extra in [
+            MappingFlags::empty(),
+            MappingFlags::USER,
+            MappingFlags::DEVICE,
+            MappingFlags::UNCACHED | MappingFlags::USER,
+        ] {
+            for huge in [false, true] {
+                let e = EptEntry::new_page(pa(0x20_0000), extra, huge);
+                assert_eq!(e.raw() & 0b111, 0);
+                assert!(!e.is_present());
+                assert_eq!(e.kind(true), EntryKind::Empty);
+                assert_eq!(e.kind(false), EntryKind::Empty);
+            }
+        }
+    }
+
+    /// 29.3.7.2: with bit 6 (ignore PAT) clear the EPT type combines with
+    /// the guest PAT type (Vol. 3A, Table 13-7: UC with PAT WC gives WC).
+    #[test]
+    fn pat_policy_per_leaf() {
+        let hpa = HostPhysAddr::from(0xfd00_0000);
+        let combine = EptLeafOptions::new().with_pat(PatPolicy::CombineWithGuestPat);
+        // MMIO for the guest to make WC: R|W (0x3), UC (0), bit 6 clear.
+        let mmio = EptEntry::new_leaf_with(hpa, RW, PageSize::Size4K, MemoryType::Device, combine);
+        let mmio = mmio.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(mmio.raw(), 0xfd00_0003);
+        assert!(!mmio.ignores_pat());
+        assert_eq!(mmio.pat_policy(), PatPolicy::CombineWithGuestPat);
+        assert_eq!(mmio.memory_type(), MemoryType::Device);
+        // The default is unchanged: RAM WB with ignore PAT (0x73).
+        let ram = EptEntry::new_leaf(hpa, RW, PageSize::Size4K, MemoryType::WriteBack);
+        assert_eq!(ram.map(|e| e.raw()), Ok(0xfd00_0073));
+        assert_eq!(EptLeafOptions::default(), EptLeafOptions::new());
+        assert_eq!(PatPolicy::default(), PatPolicy::IgnoreGuestPat);
+        // The setter flips bit 6 only; set_flags sets it again.
+        let mut e = EptEntry::new_page(pa(0x1000), RW, false);
+        e.set_pat_policy(PatPolicy::CombineWithGuestPat);
+        assert_eq!(e.raw(), 0x1033);
+        e.set_pat_policy(PatPolicy::IgnoreGuestPat);
+        assert_eq!(e.raw(), 0x1073);
+        e.set_pat_policy(PatPolicy::CombineWithGuestPat);
+        e.set_flags(RW, false);
+        assert_eq!(e.pat_policy(), PatPolicy::IgnoreGuestPat);
+    }
+
+    /// Bits 10 (user-mode execute, mode-based execute control) and 63
+    /// (suppress #VE) are opt-in per leaf (29.3.2, Tables 29-2, 29-4, 29-6).
+    #[test]
+    fn user_execute_and_suppress_ve_options() {
+        let hpa = HostPhysAddr::from(0x3000);
+        let rx = MappingFlags::READ | MappingFlags::EXECUTE;
+        let opts = EptLeafOptions::new()
+            .with_user_execute(true)
+            .with_suppress_ve(true);
+        assert!(opts.user_execute() && opts.suppress_ve());
+        assert_eq!(opts.pat(), PatPolicy::IgnoreGuestPat);
+        assert_eq!(opts.caps(), EptCaps::NONE);
+        // R|X 0x5 | WB 0x30 | 0x40 | bit 10 0x400 | bit 63.
+        let e = EptEntry::new_leaf_with(hpa, rx, PageSize::Size4K, MemoryType::WriteBack, opts);
+        assert_eq!(e.map(|e| e.raw()), Ok(0x8000_0000_0000_3475));
+        // User-mode fetches only (supervisor execute clear): R | bit 10.
+        let user_only = EptLeafOptions::new().with_user_execute(true);
+        let e = EptEntry::new_leaf_with(
+            hpa,
+            MappingFlags::READ,
+            PageSize::Size4K,
+            MemoryType::WriteBack,
+            user_only,
+        );
+        assert_eq!(e.map(|e| e.raw()), Ok(0x3471));
+        // new_page sets neither.
+        let plain = EptEntry::new_page(pa(0x3000), rx, false);
+        assert!(!plain.user_execute() && !plain.suppress_ve());
     }
 
     #[test]

@@ -55,6 +55,12 @@ pub enum EntryError {
     /// misconfiguration and a reserved RISC-V encoding; rejected everywhere
     /// so every format behaves alike).
     BadFlags(MappingFlags),
+    /// Execute without read (and without write) in a format where the
+    /// processor must support execute-only translations and the caller has
+    /// not stated that it does: EPT without the execute-only capability of
+    /// IA32_VMX_EPT_VPID_CAP bit 0 (Intel SDM Vol. 3C, 29.3.3.1, Appendix
+    /// A.10; see [`crate::ept::EptCaps`]).
+    ExecuteOnly(MappingFlags),
 }
 
 impl fmt::Display for EntryError {
@@ -76,6 +82,12 @@ impl fmt::Display for EntryError {
             Self::BadFlags(flags) => {
                 write!(f, "flags {flags:?} give no access or write without read")
             }
+            Self::ExecuteOnly(flags) => {
+                write!(
+                    f,
+                    "flags {flags:?} are execute-only, which the processor was not stated to support"
+                )
+            }
         }
     }
 }
@@ -90,6 +102,10 @@ impl From<EntryError> for axerrno::AxErrorKind {
 
 /// Checks the flag rules shared by every format: some access, and no write
 /// without read.
+///
+/// A format may refuse more: [`NestedEntry::check_leaf_flags`] adds the
+/// format's own rules (EPT refuses execute-only unless the caller states
+/// the processor supports it). Prefer it where the entry type is known.
 pub const fn check_flags(flags: MappingFlags) -> Result<(), EntryError> {
     let rwx = MappingFlags::READ
         .union(MappingFlags::WRITE)
@@ -128,6 +144,19 @@ pub const fn check_leaf_address(
 /// `GenericPTE::flags` reports `READ`/`WRITE`/`EXECUTE` and the memory type
 /// as [`MemoryType::to_flags`] of [`NestedEntry::memory_type`]; it never
 /// reports `USER`, which has no meaning at the second stage.
+///
+/// # Rights every format encodes alike
+///
+/// `new_page` and `GenericPTE::set_flags` cannot fail, so they never build
+/// an encoding the hardware rejects; the checked paths
+/// ([`NestedEntry::try_new_leaf`], [`NestedEntry::check_leaf_flags`], the
+/// formats' `new_leaf`) refuse what `new_page` would have to change:
+///
+/// | flags (of `READ`/`WRITE`/`EXECUTE`) | `new_page` / `set_flags` | checked paths |
+/// |---|---|---|
+/// | none | **not present** in every format: [`NestedEntry::kind`] is [`EntryKind::Empty`] at every level and `is_present()` is false (EPT bits 2:0 = 0, NPT P = 0, Arm descriptor bit 0 = 0, RISC-V V = 0) | [`EntryError::BadFlags`] |
+/// | `WRITE` without `READ` | promoted to `READ \| WRITE` (write-only is an EPT misconfiguration and a reserved RISC-V encoding; Arm and AMD follow the same rule) | [`EntryError::BadFlags`] |
+/// | `EXECUTE` alone | execute-only where the format can always express it (Arm stage 2 `S2AP = 00`, `XN = 00`; RISC-V `X` alone); read+execute on AMD NPT (a present entry is always readable) and on EPT (execute-only needs a CPU capability) | accepted, except EPT: [`EntryError::ExecuteOnly`]; execute-only EPT leaves come from [`crate::ept::EptEntry::new_leaf_with`] with [`crate::ept::EptCaps`] stating the CPU supports them |
 pub trait NestedEntry: GenericPTE + PartialEq + Eq + 'static {
     /// Whether the hardware sets accessed/dirty bits in this format's leaves.
     const HAS_ACCESSED_DIRTY: bool;
@@ -162,15 +191,26 @@ pub trait NestedEntry: GenericPTE + PartialEq + Eq + 'static {
         }
     }
 
+    /// Checks `flags` for a leaf of this format: [`check_flags`] plus the
+    /// format's own rules (see the table above). The default is
+    /// [`check_flags`]; EPT also refuses execute-only
+    /// ([`EntryError::ExecuteOnly`]), since nothing states the processor
+    /// supports it.
+    #[inline]
+    fn check_leaf_flags(flags: MappingFlags) -> Result<(), EntryError> {
+        check_flags(flags)
+    }
+
     /// Checked leaf constructor: `hpa` must be aligned to `size` and fit the
-    /// address field, `flags` must pass [`check_flags`]. A 4 KiB leaf gets
-    /// the last-level encoding, larger sizes the huge-leaf encoding.
+    /// address field, `flags` must pass [`NestedEntry::check_leaf_flags`]. A
+    /// 4 KiB leaf gets the last-level encoding, larger sizes the huge-leaf
+    /// encoding.
     fn try_new_leaf(
         hpa: HostPhysAddr,
         flags: MappingFlags,
         size: PageSize,
     ) -> Result<Self, EntryError> {
-        check_flags(flags)?;
+        Self::check_leaf_flags(flags)?;
         check_leaf_address(hpa, size, Self::PA_BITS)?;
         Ok(Self::new_page(hpa.into(), flags, size.is_huge()))
     }

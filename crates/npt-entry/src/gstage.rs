@@ -1080,6 +1080,30 @@ mod tests {
         assert_eq!(e.kind(true), EntryKind::Empty);
     }
 
+    /// The rights rules every format shares (`NestedEntry` docs), in
+    /// Sv39/48/57 encodings (privileged spec §4.3.1 Table "Encoding of PTE
+    /// R/W/X fields": W without R is reserved, X alone is execute-only; V
+    /// = 0 is invalid).
+    #[test]
+    fn rights_rules_worked_examples() {
+        let w = MappingFlags::WRITE;
+        let x = MappingFlags::EXECUTE;
+        // W at 0x4000 (PPN 4 << 10 = 0x1000): V|R|W|U|A|D = 0xd7.
+        assert_eq!(GStageEntry::new_page(pa(0x4000), w, false).raw(), 0x10d7);
+        // X alone stays execute-only: V|X|U|A = 0x59, checked paths agree.
+        assert_eq!(GStageEntry::new_page(pa(0x4000), x, false).raw(), 0x1059);
+        assert_eq!(
+            GStageEntry::try_new_leaf(hpa(0x4000), x, PageSize::Size4K).map(|e| e.raw()),
+            Ok(0x1059)
+        );
+        // No access: U|A = 0x50, V = 0.
+        assert_eq!(
+            GStageEntry::new_page(pa(0x4000), MappingFlags::empty(), true).raw(),
+            0x1050
+        );
+        assert_eq!(GStageEntry::check_leaf_flags(x), Ok(()));
+    }
+
     #[test]
     fn typed_constructor_checks_address() {
         assert_eq!(

@@ -640,6 +640,40 @@ mod tests {
         assert_eq!(none.kind(true), EntryKind::Empty);
     }
 
+    /// The rights rules every format shares (`NestedEntry` docs), in AMD
+    /// encodings (APM Vol. 2, 5.4.1): a present entry is always readable, so
+    /// write means P|R/W and execute-only means P with NX clear; no access
+    /// is P = 0 (not present, 5.4.1 "Present (P) Bit").
+    #[test]
+    fn rights_rules_worked_examples() {
+        let w = MappingFlags::WRITE;
+        let x = MappingFlags::EXECUTE;
+        // W -> NX (bit 63) | U/S 0x4 | R/W 0x2 | P 0x1.
+        let e = NptEntry::new_page(pa(0x7000), w, false);
+        assert_eq!(e.raw(), 0x8000_0000_0000_7007);
+        assert_eq!(e.flags(), RW);
+        // X -> U/S | P, NX clear: read+execute.
+        assert_eq!(NptEntry::new_page(pa(0x7000), x, false).raw(), 0x7005);
+        assert_eq!(
+            NptEntry::try_new_leaf(HostPhysAddr::from(0x7000), x, PageSize::Size4K)
+                .map(|e| e.raw()),
+            Ok(0x7005)
+        );
+        // No access: NX and the address, P = 0, at every level.
+        for huge in [false, true] {
+            let none = NptEntry::new_page(pa(0x20_0000), MappingFlags::DEVICE, huge);
+            assert_eq!(none.raw() & NptEntry::PRESENT, 0);
+            assert_eq!(none.kind(true), EntryKind::Empty);
+            assert_eq!(none.kind(false), EntryKind::Empty);
+        }
+        assert_eq!(
+            NptEntry::new_page(pa(0x7000), MappingFlags::empty(), false).raw(),
+            0x8000_0000_0000_7000
+        );
+        assert_eq!(NptEntry::check_leaf_flags(x), Ok(()));
+        assert_eq!(NptEntry::check_leaf_flags(w), Err(EntryError::BadFlags(w)));
+    }
+
     #[test]
     fn memory_type_encodings() {
         let cases = [

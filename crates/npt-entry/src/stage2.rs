@@ -233,7 +233,8 @@ pub const S2AP_NONE: u8 = 0b00;
 /// `S2AP = 0b01`: read-only (D8.4).
 pub const S2AP_READ_ONLY: u8 = 0b01;
 /// `S2AP = 0b10`: write-only (D8.4). Never produced: [`check_flags`]
-/// rejects write without read.
+/// rejects write without read and [`GenericPTE::new_page`] promotes it to
+/// read/write, as every format does (see [`NestedEntry`]).
 pub const S2AP_WRITE_ONLY: u8 = 0b10;
 /// `S2AP = 0b11`: read/write (D8.4).
 pub const S2AP_READ_WRITE: u8 = 0b11;
@@ -314,19 +315,29 @@ impl Stage2Entry {
     }
 
     /// The leaf encoding shared by every constructor; `addr` is masked to
-    /// bits\[47:12\].
+    /// bits\[47:12\]. `WRITE` sets `S2AP[0]` (read) too. Flags with none of
+    /// `READ`/`WRITE`/`EXECUTE` give the same bits with bit 0 (valid)
+    /// clear: an invalid descriptor, not a valid one with `S2AP = 0b00`,
+    /// `XN = 0b10` (a translation with no rights, which the TLB may cache
+    /// and which faults as a permission fault rather than a translation
+    /// fault), so "no access" means not present in every format.
     const fn leaf_bits(
         addr: u64,
         flags: MappingFlags,
         block: bool,
         memory_type: MemoryType,
     ) -> Self {
-        let mut bits = DESC_VALID | AF;
+        let any = MappingFlags::READ
+            .union(MappingFlags::WRITE)
+            .union(MappingFlags::EXECUTE);
+        let write = flags.contains(MappingFlags::WRITE);
+        let mut bits = AF;
+        bits = with_bit(bits, DESC_VALID, flags.intersects(any));
         bits = with_bit(bits, DESC_TYPE_TABLE_OR_PAGE, !block);
         bits = OUTPUT_ADDRESS.set(bits, addr >> 12);
         bits = MEM_ATTR.set(bits, mem_attr_for(memory_type) as u64);
-        bits = with_bit(bits, S2AP_READ, flags.contains(MappingFlags::READ));
-        bits = with_bit(bits, S2AP_WRITE, flags.contains(MappingFlags::WRITE));
+        bits = with_bit(bits, S2AP_READ, write || flags.contains(MappingFlags::READ));
+        bits = with_bit(bits, S2AP_WRITE, write);
         bits = SH.set(bits, SH_INNER_SHAREABLE as u64);
         let xn = if flags.contains(MappingFlags::EXECUTE) {
             XN_EXECUTABLE
@@ -441,8 +452,12 @@ impl GenericPTE for Stage2Entry {
     /// and Normal Non-cacheable memory, which are Outer Shareable), `AF`
     /// set (so the first access takes no Access flag fault), `XN = 0b10`
     /// without EXECUTE and `0b00` with it; DBM and Contiguous clear. `USER`
-    /// is ignored. The address is masked to bits\[47:12\]; it is not checked
-    /// against the block size (use [`NestedEntry::try_new_leaf`] or
+    /// is ignored. `WRITE` without `READ` gives `S2AP = 0b11` (read/write)
+    /// and flags without any of `READ`/`WRITE`/`EXECUTE` an invalid
+    /// descriptor (bit 0 clear), the rules of [`NestedEntry`]. Execute-only
+    /// (`S2AP = 0b00`, `XN = 0b00`) is valid stage-2 encoding and kept. The
+    /// address is masked to bits\[47:12\]; it is not checked against the
+    /// block size (use [`NestedEntry::try_new_leaf`] or
     /// [`Stage2Entry::new_leaf`] for that).
     fn new_page(paddr: PhysAddr, flags: MappingFlags, is_huge: bool) -> Self {
         Self::leaf_bits(
@@ -1191,6 +1206,43 @@ mod tests {
         }
         let user = Stage2Entry::new_page(pa(0x1000), R | MappingFlags::USER, false);
         assert_eq!(user, Stage2Entry::new_page(pa(0x1000), R, false));
+    }
+
+    /// The rights rules every format shares (`NestedEntry` docs), in
+    /// stage-2 encodings (D8.3: bit 0 clear is an invalid descriptor; D8.4
+    /// S2AP/XN): no access is invalid rather than a valid descriptor with
+    /// `S2AP = 0b00`, `XN = 0b10`; write gets read; execute-only is
+    /// `S2AP = 0b00`, `XN = 0b00`.
+    #[test]
+    fn rights_rules_worked_examples() {
+        // No access, 4 KiB: page bit 0x2 | WB 0x3c | SH 0x300 | AF 0x400 |
+        // XN 0b10 << 53, bit 0 clear.
+        let none = Stage2Entry::new_page(pa(0x4000_1000), MappingFlags::empty(), false);
+        assert_eq!(none.raw(), 0x0040_0000_4000_173e);
+        assert!(!none.is_present());
+        assert_eq!(none.kind(true), EntryKind::Empty);
+        // No access, block: 0x3c | 0x300 | 0x400 | XN, bits 1:0 = 0.
+        let none = Stage2Entry::new_page(pa(0x4020_0000), MappingFlags::DEVICE, true);
+        assert_eq!(none.raw() & 0b11, 0);
+        assert_eq!(none.kind(false), EntryKind::Empty);
+        assert_eq!(
+            Stage2Entry::new_page(pa(0x4020_0000), MappingFlags::USER, true).raw(),
+            0x0040_0000_4020_073c
+        );
+        // set_flags to no access leaves an invalid descriptor, address kept.
+        let mut e = Stage2Entry::new_page(pa(0x4000_1000), R | W, false);
+        e.set_flags(MappingFlags::empty(), false);
+        assert_eq!(e.raw(), 0x0040_0000_4000_173e);
+        // W alone: S2AP 0b11, the same descriptor as R|W.
+        let wo = Stage2Entry::new_page(pa(0x4000_1000), W, false);
+        assert_eq!(wo.raw(), 0x0040_0000_4000_17ff);
+        assert_eq!(wo.s2ap(), S2AP_READ_WRITE);
+        // X alone: 0x3 | 0x3c | S2AP 00 | 0x300 | 0x400 | XN 00.
+        assert_eq!(
+            Stage2Entry::new_page(pa(0x4000_1000), X, false).raw(),
+            0x4000_173f
+        );
+        assert_eq!(Stage2Entry::check_leaf_flags(X), Ok(()));
     }
 
     #[test]

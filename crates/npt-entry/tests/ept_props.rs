@@ -3,14 +3,18 @@
 //! What EPT can express: any non-empty combination of read/write/execute
 //! (write without read is a misconfiguration and execute-only needs a CPU
 //! capability; the generators normalize write to imply read, as
-//! `check_flags` demands) and the memory types UC, WC, WT, WP and WB. UC is
+//! `check_flags` demands, and execute to imply read, as
+//! `EptEntry::check_leaf_flags` demands when no capability is stated) and
+//! the memory types UC, WC, WT, WP and WB. UC is
 //! read back as `MemoryType::Device`, so `DEVICE` and `UNCACHED` both come
 //! back as `DEVICE`. `USER` has no meaning at the second stage and is never
 //! reported.
 
 use gpa_types::{HostPhysAddr, MappingFlags, MemoryType, PageSize};
 use memory_addr::PhysAddr;
-use npt_entry::ept::{Ept4, Ept5, EptEntry, EptMemoryType, Eptp};
+use npt_entry::ept::{
+    Ept4, Ept5, EptCaps, EptEntry, EptLeafOptions, EptMemoryType, Eptp, PatPolicy,
+};
 use npt_entry::{EntryError, EntryKind, GenericPTE, NestedEntry, NptFormat};
 use proptest::prelude::*;
 
@@ -29,11 +33,13 @@ fn aligned_hpa(size: PageSize) -> impl Strategy<Value = usize> {
     any::<u64>().prop_map(move |a| size.align_down((a & PA_MASK) as usize))
 }
 
-/// Normalized flags: at least one of R/W/X, W implies R, plus any of
-/// USER/DEVICE/UNCACHED.
+/// Flags the checked constructors accept without stated capabilities: at
+/// least one of R/W/X, W implies R, X implies R (execute-only is refused,
+/// SDM Vol. 3C 29.3.3.1; before that rule, X alone was generated here and
+/// round-tripped as execute-only), plus any of USER/DEVICE/UNCACHED.
 fn flags() -> impl Strategy<Value = MappingFlags> {
     (1usize..8, 0usize..8).prop_map(|(mut rwx, extra)| {
-        if rwx & 0b010 != 0 {
+        if rwx & 0b010 != 0 || rwx == 0b100 {
             rwx |= 0b001;
         }
         MappingFlags::from_bits_truncate(rwx | (extra << 3))
@@ -121,7 +127,9 @@ proptest! {
         prop_assert!(t.flags().contains(rwx));
         // No memory type, ignore-PAT or large-page bit: bits 7:3 are reserved.
         prop_assert_eq!(t.raw() & 0xf8, 0);
-        prop_assert_eq!(t.raw(), hpa as u64 | 0x7);
+        // R|W|X and user-mode execute (bit 10): the leaf alone decides, also
+        // under mode-based execute control (29.3.2, Table 29-1).
+        prop_assert_eq!(t.raw(), hpa as u64 | 0x407);
     }
 
     #[test]
@@ -281,6 +289,125 @@ proptest! {
             let ro = e.write_protected(is_huge);
             prop_assert_eq!(ro.raw(), e.raw() & !EptEntry::WRITE);
             prop_assert_eq!(ro.flags(), e.flags() - MappingFlags::WRITE);
+        }
+    }
+}
+
+/// Any generic flags, including no access, write without read and
+/// execute-only, plus any of USER/DEVICE/UNCACHED.
+fn any_flags() -> impl Strategy<Value = MappingFlags> {
+    (0usize..64).prop_map(MappingFlags::from_bits_truncate)
+}
+
+/// Whether bits 2:0 (and bit 10 under mode-based execute control) are an
+/// EPT misconfiguration (SDM Vol. 3C, 29.3.3.1): write without read always,
+/// execute without read unless the processor supports execute-only
+/// translations (Appendix A.10).
+fn misconfigured(raw: u64, execute_only: bool) -> bool {
+    let read = raw & EptEntry::READ != 0;
+    let write = raw & EptEntry::WRITE != 0;
+    let exec = raw & (EptEntry::EXECUTE | EptEntry::USER_EXECUTE) != 0;
+    (write && !read) || (exec && !read && !execute_only)
+}
+
+proptest! {
+    /// `new_page` and `set_flags` (which cannot fail) never build a
+    /// misconfiguration: write gets read, execute gets read (no capability
+    /// is known there), no access is not present (bits 2:0 = 0, 29.3.2).
+    /// The checked path accepts exactly the flags it can build unchanged.
+    #[test]
+    fn new_page_never_misconfigures(
+        (size, hpa) in leaf_size().prop_flat_map(|s| (Just(s), aligned_hpa(s))),
+        flags in any_flags(),
+        other in any_flags(),
+    ) {
+        let huge = size.is_huge();
+        let e = EptEntry::new_page(PhysAddr::from_usize(hpa), flags, huge);
+        prop_assert!(!misconfigured(e.raw(), false), "{:?} -> {:#x}", flags, e.raw());
+        let rwx = MappingFlags::READ | MappingFlags::WRITE | MappingFlags::EXECUTE;
+        let asked = flags & rwx;
+        if asked.is_empty() {
+            prop_assert!(!e.is_present());
+            prop_assert_eq!(e.raw() & 0b111, 0);
+            prop_assert_eq!(e.kind(true), EntryKind::Empty);
+            prop_assert_eq!(e.kind(false), EntryKind::Empty);
+        } else {
+            // Exactly the asked rights plus read.
+            prop_assert_eq!(e.flags() & rwx, asked | MappingFlags::READ);
+            prop_assert_eq!(e.kind(!huge), EntryKind::Leaf);
+        }
+        let mut s = e;
+        s.set_flags(other, huge);
+        prop_assert!(!misconfigured(s.raw(), false));
+        prop_assert_eq!(s, EptEntry::new_page(PhysAddr::from_usize(hpa), other, huge));
+        let checked = EptEntry::try_new_leaf(HostPhysAddr::from(hpa), flags, size);
+        let ok = !asked.is_empty() && asked.contains(MappingFlags::READ);
+        prop_assert_eq!(checked.is_ok(), ok);
+        prop_assert_eq!(EptEntry::check_leaf_flags(flags).is_ok(), ok);
+        match checked {
+            Ok(leaf) => prop_assert_eq!(leaf, e),
+            Err(EntryError::ExecuteOnly(f)) => {
+                prop_assert_eq!(f, flags);
+                prop_assert_eq!(asked, MappingFlags::EXECUTE);
+            }
+            Err(EntryError::BadFlags(f)) => {
+                prop_assert_eq!(f, flags);
+                prop_assert!(asked.is_empty() || asked.contains(MappingFlags::WRITE));
+            }
+            Err(other) => prop_assert!(false, "unexpected {:?}", other),
+        }
+    }
+
+    /// `new_leaf_with`: execute-only exactly when the caller states the
+    /// capability (29.3.3.1, A.10); the PAT policy is bit 6 (29.3.7.2);
+    /// user execute bit 10 and suppress #VE bit 63 are set only on request
+    /// (29.3.2, Tables 29-2/4/6). Nothing else differs from `new_leaf`.
+    #[test]
+    fn leaf_options_compose(
+        (size, hpa) in leaf_size().prop_flat_map(|s| (Just(s), aligned_hpa(s))),
+        flags in any_flags(),
+        t in memory_type(),
+        xo in any::<bool>(),
+        combine in any::<bool>(),
+        ux in any::<bool>(),
+        sve in any::<bool>(),
+    ) {
+        let caps = EptCaps::NONE.with_execute_only(xo);
+        let pat = if combine { PatPolicy::CombineWithGuestPat } else { PatPolicy::IgnoreGuestPat };
+        let opts = EptLeafOptions::new()
+            .with_caps(caps)
+            .with_pat(pat)
+            .with_user_execute(ux)
+            .with_suppress_ve(sve);
+        let h = HostPhysAddr::from(hpa);
+        let got = EptEntry::new_leaf_with(h, flags, size, t, opts);
+        prop_assert_eq!(got.is_ok(), caps.check_flags(flags).is_ok());
+        let Ok(e) = got else { return Ok(()) };
+        prop_assert!(!misconfigured(e.raw(), xo), "{:?} -> {:#x}", flags, e.raw());
+        let rwx = MappingFlags::READ | MappingFlags::WRITE | MappingFlags::EXECUTE;
+        prop_assert_eq!(e.flags() & rwx, flags & rwx);
+        prop_assert_eq!(e.pat_policy(), pat);
+        prop_assert_eq!(e.ignores_pat(), !combine);
+        prop_assert_eq!(e.user_execute(), ux);
+        prop_assert_eq!(e.suppress_ve(), sve);
+        prop_assert_eq!(e.memory_type(), expected_type(t));
+        prop_assert_eq!(e.paddr().as_usize(), hpa);
+        // Against new_leaf, which has the default options, when it accepts.
+        if let Ok(plain) = EptEntry::new_leaf(h, flags, size, t) {
+            let mut expected = plain.raw();
+            if combine {
+                expected &= !EptEntry::IGNORE_PAT;
+            }
+            if ux {
+                expected |= EptEntry::USER_EXECUTE;
+            }
+            if sve {
+                expected |= EptEntry::SUPPRESS_VE;
+            }
+            prop_assert_eq!(e.raw(), expected);
+        } else {
+            prop_assert!(xo);
+            prop_assert_eq!(e.raw() & 0b111, EptEntry::EXECUTE);
         }
     }
 }

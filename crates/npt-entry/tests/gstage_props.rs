@@ -356,3 +356,50 @@ fn geometry_sv57x4() {
     assert_eq!(Sv57x4::level_of(PageSize::Size512G), Some(1));
     assert_eq!(Sv57x4::MODE, HgatpMode::Sv57x4);
 }
+
+/// Any generic flags, including no access, write without read and
+/// execute-only, plus any of USER/DEVICE/UNCACHED.
+fn any_flags() -> impl Strategy<Value = MappingFlags> {
+    (0usize..64).prop_map(MappingFlags::from_bits_truncate)
+}
+
+proptest! {
+    /// The rights rules of `NestedEntry` in Sv39/48/57 encodings
+    /// (privileged spec §4.3.1: V = 0 is invalid; W without R is reserved;
+    /// X alone is execute-only): no access gives V = 0 at every level,
+    /// write gets R, execute alone stays execute-only. The checked path
+    /// refuses only no access and write without read, and otherwise builds
+    /// what `new_page` builds.
+    #[test]
+    fn rights_rules(
+        (size, hpa) in page_size().prop_flat_map(|s| (Just(s), aligned_hpa(s))),
+        flags in any_flags(),
+    ) {
+        let e = GStageEntry::new_page(PhysAddr::from_usize(hpa), flags, size.is_huge());
+        let asked = rwx(flags);
+        let f = e.pte_flags();
+        // Never W without R (reserved).
+        prop_assert!(f.contains(PteFlags::R) || !f.contains(PteFlags::W), "{:?}", f);
+        if asked.is_empty() {
+            prop_assert!(!f.contains(PteFlags::V));
+            prop_assert_eq!(e.kind(true), EntryKind::Empty);
+            prop_assert_eq!(e.kind(false), EntryKind::Empty);
+        } else {
+            let mut expected = asked;
+            if asked.contains(MappingFlags::WRITE) {
+                expected |= MappingFlags::READ;
+            }
+            prop_assert_eq!(rwx(e.flags()), expected);
+            prop_assert_eq!(e.kind(false), EntryKind::Leaf);
+            prop_assert_eq!(e.kind(true), EntryKind::Leaf);
+        }
+        // Some access, and write only with read.
+        let ok = !asked.is_empty()
+            && (asked.contains(MappingFlags::READ) || !asked.contains(MappingFlags::WRITE));
+        prop_assert_eq!(GStageEntry::check_leaf_flags(flags).is_ok(), ok);
+        match GStageEntry::try_new_leaf(HostPhysAddr::from(hpa), flags, size) {
+            Ok(leaf) => { prop_assert!(ok); prop_assert_eq!(leaf, e); }
+            Err(err) => { prop_assert!(!ok); prop_assert_eq!(err, EntryError::BadFlags(flags)); }
+        }
+    }
+}

@@ -257,3 +257,47 @@ proptest! {
         }
     }
 }
+
+/// Any generic flags, including no access, write without read and
+/// execute-only, plus any of USER/DEVICE/UNCACHED.
+fn any_flags() -> impl Strategy<Value = MappingFlags> {
+    (0usize..64).prop_map(MappingFlags::from_bits_truncate)
+}
+
+proptest! {
+    /// The rights rules of `NestedEntry` in AMD encodings (APM Vol. 2,
+    /// 5.4.1): no access is P = 0 (not present) at every level; otherwise
+    /// P and U/S are set, so the leaf reads; write gives R/W, execute clears
+    /// NX, execute alone is read+execute. The checked path refuses only no
+    /// access and write without read, and otherwise builds what `new_page`
+    /// builds.
+    #[test]
+    fn rights_rules(
+        (size, hpa) in leaf_size().prop_flat_map(|s| (Just(s), aligned_hpa(s))),
+        flags in any_flags(),
+    ) {
+        let huge = size.is_huge();
+        let e = NptEntry::new_page(PhysAddr::from_usize(hpa), flags, huge);
+        let rwx = MappingFlags::READ | MappingFlags::WRITE | MappingFlags::EXECUTE;
+        let asked = flags & rwx;
+        if asked.is_empty() {
+            prop_assert_eq!(e.raw() & NptEntry::PRESENT, 0);
+            prop_assert!(!e.is_present());
+            prop_assert_eq!(e.kind(true), EntryKind::Empty);
+            prop_assert_eq!(e.kind(false), EntryKind::Empty);
+        } else {
+            prop_assert_eq!(e.flags() & rwx, asked | MappingFlags::READ);
+            prop_assert!(e.is_user());
+            prop_assert_eq!(e.kind(!huge), EntryKind::Leaf);
+        }
+        // Some access, and write only with read.
+        let ok = !asked.is_empty()
+            && (asked.contains(MappingFlags::READ) || !asked.contains(MappingFlags::WRITE));
+        let checked = NptEntry::try_new_leaf(HostPhysAddr::from(hpa), flags, size);
+        prop_assert_eq!(NptEntry::check_leaf_flags(flags).is_ok(), ok);
+        match checked {
+            Ok(leaf) => { prop_assert!(ok); prop_assert_eq!(leaf, e); }
+            Err(err) => { prop_assert!(!ok); prop_assert_eq!(err, EntryError::BadFlags(flags)); }
+        }
+    }
+}

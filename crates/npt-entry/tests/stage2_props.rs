@@ -350,3 +350,55 @@ fn worked_control_values() {
     let vttbr = Vttbr::for_format::<Stage2<40>>(root, 5, VmidWidth::Bits8).unwrap();
     assert_eq!(vttbr.bits(), 0x0005_0000_4008_0000);
 }
+
+/// Any generic flags, including no access, write without read and
+/// execute-only, plus any of USER/DEVICE/UNCACHED.
+fn any_flags() -> impl Strategy<Value = MappingFlags> {
+    (0usize..64).prop_map(MappingFlags::from_bits_truncate)
+}
+
+proptest! {
+    /// The rights rules of `NestedEntry` in stage-2 encodings (Arm ARM
+    /// D8.3: descriptor bit 0 clear is invalid; D8.4: S2AP, XN): no access
+    /// gives an invalid descriptor (bit 0 clear) at every level, not a
+    /// valid one with `S2AP = 0b00` (before this rule it was valid, with
+    /// `XN = 0b10`); write gets read (`S2AP = 0b11`, never `0b10`);
+    /// execute alone is execute-only (`S2AP = 0b00`, `XN = 0b00`). The
+    /// checked path refuses only no access and write without read, and
+    /// otherwise builds what `new_page` builds.
+    #[test]
+    fn rights_rules(raw in any::<u64>(), size in page_size(), flags in any_flags()) {
+        let addr = aligned_hpa(raw, size) as usize;
+        let huge = size.is_huge();
+        let e = Stage2Entry::new_page(PhysAddr::from_usize(addr), flags, huge);
+        let asked = flags & RWX;
+        prop_assert_ne!(e.s2ap(), npt_entry::stage2::S2AP_WRITE_ONLY);
+        if asked.is_empty() {
+            prop_assert_eq!(e.raw() & 1, 0);
+            prop_assert!(!e.is_present());
+            prop_assert_eq!(e.kind(true), EntryKind::Empty);
+            prop_assert_eq!(e.kind(false), EntryKind::Empty);
+            let mut s = Stage2Entry::new_page(PhysAddr::from_usize(addr), MappingFlags::READ, huge);
+            s.set_flags(flags, huge);
+            prop_assert!(!s.is_present());
+        } else {
+            let mut expected = asked;
+            if asked.contains(MappingFlags::WRITE) {
+                expected |= MappingFlags::READ;
+            }
+            prop_assert_eq!(e.flags() & RWX, expected);
+            prop_assert_eq!(e.kind(!huge), EntryKind::Leaf);
+        }
+        // Some access, and write only with read.
+        let ok = !asked.is_empty()
+            && (asked.contains(MappingFlags::READ) || !asked.contains(MappingFlags::WRITE));
+        prop_assert_eq!(Stage2Entry::check_leaf_flags(flags).is_ok(), ok);
+        match Stage2Entry::try_new_leaf(HostPhysAddr::from_usize(addr), flags, size) {
+            Ok(leaf) => { prop_assert!(ok); prop_assert_eq!(leaf, e); }
+            Err(err) => {
+                prop_assert!(!ok);
+                prop_assert_eq!(err, npt_entry::EntryError::BadFlags(flags));
+            }
+        }
+    }
+}

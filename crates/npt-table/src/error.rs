@@ -101,7 +101,7 @@ impl From<EntryError> for NptError {
                 hpa: hpa.as_usize(),
                 pa_bits,
             },
-            EntryError::BadFlags(flags) => Self::BadFlags(flags),
+            EntryError::BadFlags(flags) | EntryError::ExecuteOnly(flags) => Self::BadFlags(flags),
         }
     }
 }
