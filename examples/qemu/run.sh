@@ -3,10 +3,13 @@
 # per table variant:
 #   aarch64: Stage2<40> (3 levels, concatenated root) and Stage2<48> (4 levels)
 #   riscv64: Sv39x4 and Sv48x4
-# A run passes when QEMU exits 0 within 60 s and the output has PASS, no
-# FAIL, and the guest's line sent through the pass-through UART.
+#   x86-npt: AMD SVM with Npt4 (QEMU TCG)
+# A run passes when the emulator exits with its success status within 60 s
+# (0; 33 for x86, which ends through isa-debug-exit) and the output has
+# PASS, no FAIL, and the guest's line sent through the pass-through UART
+# (x86: port 0xE9).
 #
-# Usage: examples/qemu/run.sh [--allow-skip] aarch64|riscv64|all
+# Usage: examples/qemu/run.sh [--allow-skip] aarch64|riscv64|x86-npt|all
 # A missing tool (cargo, rustup target, QEMU) prints "SKIPPED qemu: <reason>"
 # and exits 0 only with --allow-skip; otherwise it exits non-zero.
 set -u
@@ -17,12 +20,12 @@ which=""
 for arg in "$@"; do
     case "$arg" in
         --allow-skip) allow_skip=1 ;;
-        aarch64 | riscv64 | all) which="$arg" ;;
+        aarch64 | riscv64 | x86-npt | all) which="$arg" ;;
         *) which="bad" ;;
     esac
 done
 if [ -z "$which" ] || [ "$which" = bad ]; then
-    echo "usage: $0 [--allow-skip] aarch64|riscv64|all" >&2
+    echo "usage: $0 [--allow-skip] aarch64|riscv64|x86-npt|all" >&2
     exit 2
 fi
 
@@ -57,8 +60,14 @@ failed=0
 
 # run_variant NAME QEMU-COMMAND...: runs one boot and judges its output.
 run_variant() {
-    local name="$1"
-    shift
+    run_variant_rc "$1" 0 "${@:2}"
+}
+
+# run_variant_rc NAME STATUS COMMAND...: the same, for an emulator whose
+# success exit status is STATUS.
+run_variant_rc() {
+    local name="$1" want="$2"
+    shift 2
     echo "=== $name"
     local out rc log
     log=$(mktemp)
@@ -67,8 +76,8 @@ run_variant() {
     out=$(tr -d '\r' < "$log")
     rm -f "$log"
     echo "$out"
-    if [ "$rc" -ne 0 ]; then
-        echo "=== $name: FAILED (QEMU exit status $rc)"
+    if [ "$rc" -ne "$want" ]; then
+        echo "=== $name: FAILED (exit status $rc, want $want)"
         failed=1
     elif ! grep -qx PASS <<< "$out" || grep -q FAIL <<< "$out"; then
         echo "=== $name: FAILED (no PASS line, or a FAIL)"
@@ -105,12 +114,30 @@ run_riscv64() {
     done
 }
 
+# The x86 hypervisor: one image for SVM (QEMU) and VMX (Bochs).
+build_x86() {
+    need_target x86_64-unknown-none || return 1
+    (cd "$here/x86_64" && cargo build --release) || { echo "=== x86: build FAILED"; failed=1; return 1; }
+    x86_elf="$CARGO_TARGET_DIR/x86_64-unknown-none/release/npt-qemu-x86_64"
+}
+
+run_x86_npt() {
+    command -v qemu-system-x86_64 > /dev/null || { skip "qemu-system-x86_64 not found"; return; }
+    build_x86 || return
+    # isa-debug-exit: the hypervisor writes 0x10 on PASS, so QEMU exits 33.
+    run_variant_rc "x86 SVM Npt4 (QEMU)" 33 qemu-system-x86_64 -accel tcg \
+        -cpu qemu64,+svm,+npt,+pdpe1gb -m 3G -display none -net none -no-reboot \
+        -debugcon stdio -device isa-debug-exit,iobase=0xf4,iosize=0x04 -kernel "$x86_elf"
+}
+
 case "$which" in
     aarch64) run_aarch64 ;;
     riscv64) run_riscv64 ;;
+    x86-npt) run_x86_npt ;;
     all)
         run_aarch64
         run_riscv64
+        run_x86_npt
         ;;
 esac
 
