@@ -4,12 +4,16 @@
 #   aarch64: Stage2<40> (3 levels, concatenated root) and Stage2<48> (4 levels)
 #   riscv64: Sv39x4 and Sv48x4
 #   x86-npt: AMD SVM with Npt4 (QEMU TCG)
+#   x86-ept: Intel VMX with Ept4 (Bochs, Haswell model)
+#   x86-npt-bochs: AMD SVM with Npt4 (Bochs, Ryzen model)
+#   x86: the three x86 runs
 # A run passes when the emulator exits with its success status within 60 s
-# (0; 33 for x86, which ends through isa-debug-exit) and the output has
-# PASS, no FAIL, and the guest's line sent through the pass-through UART
-# (x86: port 0xE9).
+# (240 s for Bochs) and the output has PASS, no FAIL, and the guest's line
+# sent through the pass-through UART (x86: port 0xE9). Success status: 0;
+# 33 for x86 under QEMU (isa-debug-exit); 1 for Bochs, whose shutdown port
+# always ends it as a "fatal" panic.
 #
-# Usage: examples/qemu/run.sh [--allow-skip] aarch64|riscv64|x86-npt|all
+# Usage: examples/qemu/run.sh [--allow-skip] aarch64|riscv64|x86-npt|x86-ept|x86-npt-bochs|x86|all
 # A missing tool (cargo, rustup target, QEMU) prints "SKIPPED qemu: <reason>"
 # and exits 0 only with --allow-skip; otherwise it exits non-zero.
 set -u
@@ -20,12 +24,12 @@ which=""
 for arg in "$@"; do
     case "$arg" in
         --allow-skip) allow_skip=1 ;;
-        aarch64 | riscv64 | x86-npt | all) which="$arg" ;;
+        aarch64 | riscv64 | x86-npt | x86-ept | x86-npt-bochs | x86 | all) which="$arg" ;;
         *) which="bad" ;;
     esac
 done
 if [ -z "$which" ] || [ "$which" = bad ]; then
-    echo "usage: $0 [--allow-skip] aarch64|riscv64|x86-npt|all" >&2
+    echo "usage: $0 [--allow-skip] aarch64|riscv64|x86-npt|x86-ept|x86-npt-bochs|x86|all" >&2
     exit 2
 fi
 
@@ -71,7 +75,7 @@ run_variant_rc() {
     echo "=== $name"
     local out rc log
     log=$(mktemp)
-    timeout 60 "$@" < /dev/null > "$log" 2>&1
+    timeout "${run_timeout:-60}" "$@" < /dev/null > "$log" 2>&1
     rc=$?
     out=$(tr -d '\r' < "$log")
     rm -f "$log"
@@ -130,14 +134,73 @@ run_x86_npt() {
         -debugcon stdio -device isa-debug-exit,iobase=0xf4,iosize=0x04 -kernel "$x86_elf"
 }
 
+# run_bochs NAME CPU-MODEL: boots the x86 image from a floppy under Bochs.
+# The floppy is the image's boot sector (512 bytes at file offset 0x1000)
+# followed by the whole image file, which the boot sector reads to 0x10000
+# (at most 1152 sectors, below 0xA0000) and copies to 1 MiB.
+run_bochs() {
+    local name="$1" model="$2"
+    command -v bochs > /dev/null || { skip "bochs not found"; return; }
+    local bios=/usr/share/bochs/BIOS-bochs-latest vga=/usr/share/vgabios/vgabios.bin
+    [ -r "$bios" ] && [ -r "$vga" ] || { skip "Bochs BIOS images not found (bochsbios, vgabios)"; return; }
+    build_x86 || return
+    local size
+    size=$(stat -c %s "$x86_elf")
+    if [ "$size" -gt $((1152 * 512)) ]; then
+        echo "=== $name: FAILED (image of $size bytes is too big for the boot sector)"
+        failed=1
+        return
+    fi
+    local dir
+    dir=$(mktemp -d)
+    dd if="$x86_elf" of="$dir/floppy.img" bs=512 skip=8 count=1 status=none
+    dd if="$x86_elf" of="$dir/floppy.img" bs=512 seek=1 conv=notrunc status=none
+    truncate -s 1474560 "$dir/floppy.img"
+    cat > "$dir/bochsrc" << EOF
+memory: guest=3072, host=2048
+romimage: file=$bios
+vgaromimage: file=$vga
+cpu: model=$model, count=1, ips=100000000, reset_on_triple_fault=0
+floppya: 1_44=$dir/floppy.img, status=inserted
+boot: floppy
+display_library: term
+port_e9_hack: enabled=1
+log: $dir/bochs.log
+panic: action=fatal
+error: action=report
+info: action=ignore
+EOF
+    # The debugger stops before the first instruction unless told to go on.
+    echo c > "$dir/cmds"
+    run_timeout=240 run_variant_rc "$name" 1 bochs -q -f "$dir/bochsrc" -rc "$dir/cmds"
+    rm -rf "$dir"
+}
+
+run_x86_ept() {
+    run_bochs "x86 VMX Ept4 (Bochs)" corei7_haswell_4770
+}
+
+run_x86_npt_bochs() {
+    run_bochs "x86 SVM Npt4 (Bochs)" ryzen
+}
+
 case "$which" in
     aarch64) run_aarch64 ;;
     riscv64) run_riscv64 ;;
     x86-npt) run_x86_npt ;;
+    x86-ept) run_x86_ept ;;
+    x86-npt-bochs) run_x86_npt_bochs ;;
+    x86)
+        run_x86_npt
+        run_x86_ept
+        run_x86_npt_bochs
+        ;;
     all)
         run_aarch64
         run_riscv64
         run_x86_npt
+        run_x86_ept
+        run_x86_npt_bochs
         ;;
 esac
 

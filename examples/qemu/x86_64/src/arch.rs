@@ -5,6 +5,7 @@
 use core::arch::{asm, global_asm};
 
 global_asm!(include_str!("boot.S"));
+global_asm!(include_str!("bootsect.S"), options(att_syntax));
 global_asm!(include_str!("guest.S"));
 
 /// The debug console port: QEMU `-debugcon`, Bochs `port_e9_hack`.

@@ -97,11 +97,15 @@ entry64:
     jmp     3b
 
     .balign 16
-// Null, 64-bit code (0x08), flat data (0x10).
+// Null, 64-bit code (0x08), flat data (0x10), and a 64-bit TSS descriptor
+// (0x18, 16 bytes) that the VMX path fills in: VMX needs a non-null host TR.
+    .global gdt
 gdt:
     .quad   0
     .quad   0x00AF9A000000FFFF
     .quad   0x00CF92000000FFFF
+    .quad   0
+    .quad   0
 gdt_end:
 gdt_desc:
     .word   gdt_end - gdt - 1

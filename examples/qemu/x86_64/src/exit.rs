@@ -40,7 +40,6 @@ pub mod npf {
 /// which access (Intel SDM Vol. 3C, 28.2.1 "Basic VM-Exit Information",
 /// Table 28-7 "Exit Qualification for EPT Violations"); the VMCS field
 /// "guest-physical address" (encoding 2400h) holds the GPA.
-#[allow(dead_code)] // for the VMX path
 pub mod ept {
     use super::Access;
 
@@ -48,14 +47,13 @@ pub mod ept {
     pub const VIOLATION: u32 = 48;
     /// Basic exit reason: EPT misconfiguration.
     pub const MISCONFIG: u32 = 49;
-    /// Qualification bit 0: the access was a data read.
-    pub const READ: u64 = 1 << 0;
     /// Qualification bit 1: the access was a data write.
     pub const WRITE: u64 = 1 << 1;
     /// Qualification bit 2: the access was an instruction fetch.
     pub const FETCH: u64 = 1 << 2;
 
-    /// The GPA and kind of access of an EPT violation.
+    /// The GPA and kind of access of an EPT violation (bit 0, a data read,
+    /// is what is left when bits 1 and 2 are clear).
     pub fn decode(qualification: u64, gpa: u64) -> (usize, Access) {
         let access = if qualification & FETCH != 0 {
             Access::Execute

@@ -23,8 +23,11 @@ mod insn;
 #[path = "../../common/scenario.rs"]
 mod scenario;
 mod svm;
+mod vmx;
 
 use gpa_types::{MappingFlags, MemoryType};
+use npt_entry::NptFormat;
+use npt_entry::ept::{Ept4, EptMemoryType, Eptp};
 use npt_entry::npt::{Ncr3, Npt4};
 
 use crate::frames::PoolFrames;
@@ -51,8 +54,10 @@ extern "C" fn hyp_main() -> ! {
     println!("npt-rs x86 example: hypervisor in long mode");
     let ok = if svm::supported() {
         run_svm()
+    } else if vmx::supported() {
+        run_vmx()
     } else {
-        println!("no usable SVM with nested paging");
+        println!("neither SVM with nested paging nor VMX");
         false
     };
     println!("{}", if ok { "PASS" } else { "FAIL" });
@@ -79,6 +84,38 @@ fn run_svm() -> bool {
                 ncr3.root().as_usize()
             );
             vcpu.activate(ncr3.bits());
+            load_guest_tables(space)
+        });
+    finish(&pool) && ok
+}
+
+/// VMX with EPT: `Ept4`.
+fn run_vmx() -> bool {
+    let Some(mut vcpu) = vmx::Vcpu::new() else {
+        return false;
+    };
+    if !vcpu.ept_ok() {
+        println!("VMX: EPT lacks 4-level walks, WB tables, 2 MiB or 1 GiB leaves");
+        return false;
+    }
+    let pool = PoolFrames::new(arch::SMALL_POOL, arch::LARGE_POOL);
+    let (guest, entry2) = arch::guest_image();
+    let ok =
+        scenario::run::<Ept4, _, _>(&pool, &LAYOUT, guest, entry2, &mut vcpu, |space, vcpu| {
+            let eptp = match Eptp::new(
+                space.root_hpa(),
+                Ept4::LEVELS,
+                EptMemoryType::WriteBack,
+                false,
+            ) {
+                Ok(e) => e,
+                Err(e) => {
+                    println!("eptp: {e}");
+                    return false;
+                }
+            };
+            println!("EPTP = {eptp:?}");
+            vcpu.activate(eptp.bits());
             load_guest_tables(space)
         });
     finish(&pool) && ok
