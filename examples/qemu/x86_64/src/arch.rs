@@ -104,6 +104,7 @@ unsafe extern "C" {
     static guest_image_start: u8;
     static guest_image_end: u8;
     static guest_entry2: u8;
+    static guest_entry3: u8;
 }
 
 /// Installs interrupt gates for the 32 exception vectors: any host fault
@@ -163,6 +164,11 @@ pub fn guest_tables() -> alloc::vec::Vec<u8> {
         *pde = ((i as u64) << 21) | LEAF_2M;
     }
     entries.iter().flat_map(|e| e.to_le_bytes()).collect()
+}
+
+/// The offset of the guest's third entry point (`extras.rs`).
+pub fn guest_entry3_offset() -> usize {
+    core::ptr::addr_of!(guest_entry3) as usize - core::ptr::addr_of!(guest_image_start) as usize
 }
 
 /// The guest's image (code only) and the offset of its second

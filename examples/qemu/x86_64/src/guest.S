@@ -77,5 +77,33 @@ guest_entry2:
     hlt
     jmp     guest_entry2
 
+// Third entry (extras.rs): loads from every address of the read list, then
+// stores to every address of the write list. Parameter block: magic, read
+// count, write count, read list address, write list address.
+    .global guest_entry3
+guest_entry3:
+    mov     r15, rdi
+    mov     r12, [r15 + 8]
+    mov     r11, [r15 + 24]
+    xor     r10d, r10d
+1:  cmp     r10, r12
+    jae     2f
+    mov     rax, [r11 + r10 * 8]
+    mov     rbx, [rax]                // may exit
+    inc     r10
+    jmp     1b
+2:  mov     r12, [r15 + 16]
+    mov     r11, [r15 + 32]
+    xor     r10d, r10d
+3:  cmp     r10, r12
+    jae     4f
+    mov     rax, [r11 + r10 * 8]
+    mov     rbx, rax
+    mov     [rax], rbx                // may exit
+    inc     r10
+    jmp     3b
+4:  xor     eax, eax
+    hlt
+    jmp     4b
     .balign 16
 guest_image_end:

@@ -15,6 +15,7 @@ extern crate alloc;
 mod console;
 mod arch;
 mod exit;
+mod extras;
 #[path = "../../common/frames.rs"]
 mod frames;
 #[path = "../../common/heap.rs"]
@@ -86,7 +87,16 @@ fn run_svm() -> bool {
             vcpu.activate(ncr3.bits());
             load_guest_tables(space)
         });
-    finish(&pool) && ok
+    let mut checks = scenario::Checks::new();
+    extras::run::<Npt4, _>(&pool, &mut vcpu, &mut checks, |root, vcpu| {
+        match Ncr3::new(root, MemoryType::WriteBack) {
+            Ok(ncr3) => vcpu.activate(ncr3.bits()),
+            Err(e) => println!("ncr3: {e}"),
+        }
+        // The nested walk always sets A, and D on writes (APM 15.25.5).
+        true
+    });
+    finish(&pool) && ok && checks.passed()
 }
 
 /// VMX with EPT: `Ept4`.
@@ -118,7 +128,19 @@ fn run_vmx() -> bool {
             vcpu.activate(eptp.bits());
             load_guest_tables(space)
         });
-    finish(&pool) && ok
+    let mut checks = scenario::Checks::new();
+    let ad = vcpu.ept_ad();
+    extras::run::<Ept4, _>(&pool, &mut vcpu, &mut checks, |root, vcpu| {
+        match Eptp::new(root, Ept4::LEVELS, EptMemoryType::WriteBack, ad) {
+            Ok(eptp) => {
+                println!("EPTP = {eptp:?}");
+                vcpu.activate(eptp.bits());
+            }
+            Err(e) => println!("eptp: {e}"),
+        }
+        ad
+    });
+    finish(&pool) && ok && checks.passed()
 }
 
 /// Writes the guest's own page tables into its RAM.

@@ -38,9 +38,11 @@ const MSR_VMX_TRUE_EXIT_CTLS: u32 = 0x48f;
 const MSR_VMX_TRUE_ENTRY_CTLS: u32 = 0x490;
 /// IA32_VMX_BASIC bit 55: the TRUE control MSRs exist (A.1).
 const BASIC_TRUE_CTLS: u64 = 1 << 55;
-/// IA32_VMX_EPT_VPID_CAP (A.10): 4-level walks (bit 6), WB tables (14),
+/// IA32_VMX_EPT_VPID_CAP (A.10): execute-only leaves (bit 0), 4-level
+/// walks (6), WB tables (14),
 /// 2 MiB (16) and 1 GiB (17) leaves, INVEPT (20), A/D flags (21),
 /// single-context (25) and all-context (26) INVEPT.
+const EPT_CAP_EXEC_ONLY: u64 = 1 << 0;
 const EPT_CAP_WALK4: u64 = 1 << 6;
 const EPT_CAP_WB: u64 = 1 << 14;
 const EPT_CAP_2M: u64 = 1 << 16;
@@ -242,7 +244,8 @@ impl Vcpu {
         let basic = rdmsr(MSR_VMX_BASIC);
         let ept_caps = rdmsr(MSR_VMX_EPT_VPID_CAP);
         println!(
-            "VMX: basic {basic:#x}, EPT/VPID caps {ept_caps:#x} (4-level {}, WB {}, 2M {}, 1G {}, INVEPT {}, single-context {}, A/D {})",
+            "VMX: basic {basic:#x}, EPT/VPID caps {ept_caps:#x} (execute-only {}, 4-level {}, WB {}, 2M {}, 1G {}, INVEPT {}, single-context {}, A/D {})",
+            ept_caps & EPT_CAP_EXEC_ONLY != 0,
             ept_caps & EPT_CAP_WALK4 != 0,
             ept_caps & EPT_CAP_WB != 0,
             ept_caps & EPT_CAP_2M != 0,
@@ -416,6 +419,11 @@ impl Vcpu {
     pub fn ept_ok(&self) -> bool {
         let need = EPT_CAP_WALK4 | EPT_CAP_WB | EPT_CAP_2M | EPT_CAP_1G;
         self.ept_caps & need == need
+    }
+
+    /// Whether the EPT can set accessed and dirty flags (EPTP bit 6).
+    pub fn ept_ad(&self) -> bool {
+        self.ept_caps & EPT_CAP_AD != 0
     }
 
     /// Installs the EPTP.
