@@ -63,8 +63,13 @@ const EFER_LME_LMA: u64 = (1 << 8) | (1 << 10);
 const PROC_HLT_EXITING: u32 = 1 << 7;
 const PROC_USE_MSR_BITMAPS: u32 = 1 << 28;
 const PROC_SECONDARY: u32 = 1 << 31;
-/// Secondary: enable EPT (bit 1).
+/// Secondary: enable EPT (bit 1), enable VPID (bit 5). With a VPID the
+/// guest's combined (linear + guest-physical) translations survive VM exits
+/// and entries (SDM Vol. 3C, 29.1.3), so only INVEPT drops a stale one.
 const PROC2_ENABLE_EPT: u32 = 1 << 1;
+const PROC2_ENABLE_VPID: u32 = 1 << 5;
+/// The guest's VPID (0 is the host's).
+const GUEST_VPID: u64 = 1;
 /// Exit: host address-space size (bit 9), load IA32_EFER (21).
 const EXIT_HOST_64: u32 = 1 << 9;
 const EXIT_LOAD_EFER: u32 = 1 << 21;
@@ -73,6 +78,7 @@ const ENTRY_IA32E: u32 = 1 << 9;
 const ENTRY_LOAD_EFER: u32 = 1 << 15;
 
 // VMCS field encodings (SDM Vol. 3D, Appendix B).
+const VMCS_VPID: u64 = 0x0000;
 const VMCS_GUEST_ES_SEL: u64 = 0x0800;
 const VMCS_GUEST_CS_SEL: u64 = 0x0802;
 const VMCS_GUEST_SS_SEL: u64 = 0x0804;
@@ -306,7 +312,10 @@ impl Vcpu {
             proc_msr,
             PROC_HLT_EXITING | PROC_USE_MSR_BITMAPS | PROC_SECONDARY,
         );
-        let proc2 = adjust(MSR_VMX_PROCBASED_CTLS2, PROC2_ENABLE_EPT);
+        let proc2 = adjust(
+            MSR_VMX_PROCBASED_CTLS2,
+            PROC2_ENABLE_EPT | PROC2_ENABLE_VPID,
+        );
         let exit = adjust(exit_msr, EXIT_HOST_64 | EXIT_LOAD_EFER);
         let entry = adjust(entry_msr, ENTRY_IA32E | ENTRY_LOAD_EFER);
         let need = [
@@ -335,6 +344,17 @@ impl Vcpu {
         vmwrite(VMCS_PIN_CONTROLS, u64::from(adjust(pin_msr, 0)));
         vmwrite(VMCS_PROC_CONTROLS, u64::from(proc));
         vmwrite(VMCS_PROC_CONTROLS2, u64::from(proc2));
+        if proc2 & PROC2_ENABLE_VPID != 0 {
+            vmwrite(VMCS_VPID, GUEST_VPID);
+        }
+        println!(
+            "VMX: VPID {}",
+            if proc2 & PROC2_ENABLE_VPID != 0 {
+                "on"
+            } else {
+                "off"
+            }
+        );
         vmwrite(VMCS_EXIT_CONTROLS, u64::from(exit));
         vmwrite(VMCS_ENTRY_CONTROLS, u64::from(entry));
         vmwrite(VMCS_EXCEPTION_BITMAP, u64::from(u32::MAX));
