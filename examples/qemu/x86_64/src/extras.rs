@@ -2,9 +2,10 @@
 //! `NestedPageTable` used directly:
 //! - `flag_sets_touched`: every set of `MappingFlags` (R, W, X, USER,
 //!   DEVICE, UNCACHED: 64 sets) that `map` accepts is mapped as one 4 KiB
-//!   page, and the guest loads from and stores to each. No access may end
-//!   in an EPT misconfiguration or an NPT reserved-bit fault; exactly the
-//!   accesses the encoded rights forbid exit, as violations.
+//!   page, and the guest loads from, stores to and executes from each. No
+//!   access may end in an EPT misconfiguration or an NPT reserved-bit
+//!   fault; exactly the accesses the encoded rights forbid exit, as
+//!   violations.
 //! - `ad_bits_harvested`: the MMU sets the accessed and dirty flags (EPT:
 //!   with A/D enabled in the EPTP) and `harvest` reports exactly the pages
 //!   the guest read or wrote (accessed) and wrote (dirty).
@@ -12,12 +13,23 @@
 use alloc::vec::Vec;
 
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
+use guest_aspace::Access;
 use npt_entry::NptFormat;
 use npt_table::{AccessBit, FRAME_SIZE, FrameAllocator, NestedPageTable};
 
 use crate::arch;
 use crate::frames::PoolFrames;
 use crate::scenario::{Checks, Exit, Vcpu};
+
+/// What the extras need beyond the common vCPU: resuming the guest at the
+/// return address it keeps in R14 after a refused instruction fetch.
+pub trait X86Vcpu: Vcpu {
+    /// Sets the guest's RIP to its R14.
+    fn return_to_r14(&mut self);
+}
+
+/// `jmp r14` (REX.B, FF /4): the code at the start of every flag-set page.
+const JMP_R14: [u8; 3] = [0x41, 0xff, 0xe6];
 
 /// First page of the flag sets (one page each, in flag-set order).
 const FLAGS_BASE: usize = 0x5000_0000;
@@ -28,10 +40,11 @@ const AD_PAGES: usize = 16;
 const AD_READS: [usize; 4] = [0, 2, 5, 7];
 const AD_WRITES: [usize; 4] = [2, 3, 9, 15];
 /// The parameter block (ROM + 0x1000): magic, counts, list addresses; the
-/// read list at +0x100, the write list at +0x800.
+/// read list at +0x100, the write list at +0x600, the jump list at +0xb00.
 const PARAMS_GPA: usize = arch::ROM_GPA + 0x1000;
 const READ_LIST: usize = 0x100;
-const WRITE_LIST: usize = 0x800;
+const WRITE_LIST: usize = 0x600;
+const JUMP_LIST: usize = 0xb00;
 const MAGIC: u64 = 0x4e50_5452_4f4d_3333;
 const MAX_EXITS: usize = 400;
 
@@ -92,7 +105,7 @@ pub fn run<F, V>(
     activate: impl FnOnce(HostPhysAddr, &mut V) -> bool,
 ) where
     F: NptFormat,
-    V: Vcpu,
+    V: X86Vcpu,
 {
     println!("extras: flag sets and A/D on a second {} table", F::NAME);
     let mut owned = Owned {
@@ -112,6 +125,7 @@ pub fn run<F, V>(
     let (image, _) = arch::guest_image();
     let mut reads: Vec<u64> = Vec::new();
     let mut writes: Vec<u64> = Vec::new();
+    let mut jumps: Vec<u64> = Vec::new();
     // (GPA, rights the entry encodes) of every flag-set page.
     let mut pages: Vec<(usize, MappingFlags)> = Vec::new();
     let (mut accepted, mut refused) = (0, 0);
@@ -129,14 +143,15 @@ pub fn run<F, V>(
         }
         for (i, flags) in flag_sets().enumerate() {
             let gpa = FLAGS_BASE + i * FRAME_SIZE;
-            let hpa = owned.frame(&[])?;
+            let hpa = owned.frame(&JMP_R14)?;
             match map(&mut table, gpa, hpa, flags) {
                 Ok(()) => {
                     accepted += 1;
                     let encoded = table.query(GuestPhysAddr::from_usize(gpa)).ok()?.flags;
                     pages.push((gpa, encoded));
-                    reads.push(gpa as u64);
-                    writes.push(gpa as u64);
+                    reads.push((gpa + 8) as u64);
+                    writes.push((gpa + 16) as u64);
+                    jumps.push(gpa as u64);
                 }
                 Err(_) => refused += 1,
             }
@@ -162,11 +177,14 @@ pub fn run<F, V>(
             writes.len() as u64,
             (PARAMS_GPA + READ_LIST) as u64,
             (PARAMS_GPA + WRITE_LIST) as u64,
+            jumps.len() as u64,
+            (PARAMS_GPA + JUMP_LIST) as u64,
         ];
         for (off, list) in [
             (0, &header[..]),
             (READ_LIST, &reads[..]),
             (WRITE_LIST, &writes[..]),
+            (JUMP_LIST, &jumps[..]),
         ] {
             for (i, w) in list.iter().enumerate() {
                 params
@@ -190,8 +208,14 @@ pub fn run<F, V>(
     let expected = pages
         .iter()
         .map(|(_, f)| {
-            usize::from(!f.contains(MappingFlags::READ))
-                + usize::from(!f.contains(MappingFlags::WRITE))
+            [
+                MappingFlags::READ,
+                MappingFlags::WRITE,
+                MappingFlags::EXECUTE,
+            ]
+            .iter()
+            .filter(|&&r| !f.contains(r))
+            .count()
         })
         .sum::<usize>();
     let (mut violations, mut unexpected, mut done) = (0, 0, false);
@@ -214,7 +238,11 @@ pub fn run<F, V>(
                     unexpected += 1;
                     println!("extras: unexpected exit at GPA {gpa:#x} {access:?} (code {code:#x})");
                 }
-                vcpu.skip();
+                if access == Access::Execute {
+                    vcpu.return_to_r14();
+                } else {
+                    vcpu.skip();
+                }
             }
             Exit::Other(syndrome, pc, extra) => {
                 println!("extras: exit {syndrome:#x} at {pc:#x} ({extra:#x})");

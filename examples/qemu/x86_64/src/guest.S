@@ -77,9 +77,11 @@ guest_entry2:
     hlt
     jmp     guest_entry2
 
-// Third entry (extras.rs): loads from every address of the read list, then
-// stores to every address of the write list. Parameter block: magic, read
-// count, write count, read list address, write list address.
+// Third entry (extras.rs): loads from every address of the read list,
+// stores to every address of the write list, then jumps to every address
+// of the jump list with the return address in R14 (the host put `jmp r14`
+// there). Parameter block: magic, read count, write count, read list
+// address, write list address, jump count, jump list address.
     .global guest_entry3
 guest_entry3:
     mov     r15, rdi
@@ -102,8 +104,18 @@ guest_entry3:
     mov     [rax], rbx                // may exit
     inc     r10
     jmp     3b
-4:  xor     eax, eax
+4:  mov     r12, [r15 + 40]
+    mov     r11, [r15 + 48]
+    xor     r10d, r10d
+5:  cmp     r10, r12
+    jae     6f
+    mov     rax, [r11 + r10 * 8]
+    lea     r14, [rip + 7f]
+    jmp     rax                       // may exit; the host resumes at R14
+7:  inc     r10
+    jmp     5b
+6:  xor     eax, eax
     hlt
-    jmp     4b
+    jmp     6b
     .balign 16
 guest_image_end:

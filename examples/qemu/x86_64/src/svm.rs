@@ -336,3 +336,9 @@ impl crate::scenario::Vcpu for Vcpu {
         })
     }
 }
+
+impl crate::extras::X86Vcpu for Vcpu {
+    fn return_to_r14(&mut self) {
+        self.w64(VMCB_RIP, self.regs[14]);
+    }
+}

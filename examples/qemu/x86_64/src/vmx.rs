@@ -614,3 +614,9 @@ impl crate::scenario::Vcpu for Vcpu {
         })
     }
 }
+
+impl crate::extras::X86Vcpu for Vcpu {
+    fn return_to_r14(&mut self) {
+        vmwrite(VMCS_GUEST_RIP, self.regs[14]);
+    }
+}
