@@ -279,7 +279,8 @@ fn run_guest<F: NptFormat, A: FrameAllocator, V: Vcpu>(
 }
 
 /// Builds the space, activates it with `activate` (which programs the
-/// second-stage registers and returns `false` on failure), runs both guest
+/// second-stage registers, may put boot data such as the guest's own page
+/// tables into guest RAM, and returns `false` on failure), runs both guest
 /// entries and checks everything. Returns whether every check passed.
 ///
 /// `guest` is the guest image (loaded at the ROM's base); `entry2` the
@@ -290,7 +291,7 @@ pub fn run<F, A, V>(
     guest: &[u8],
     entry2: usize,
     vcpu: &mut V,
-    activate: impl FnOnce(&GuestAddrSpace<F, A>, &mut V) -> bool,
+    activate: impl FnOnce(&mut GuestAddrSpace<F, A>, &mut V) -> bool,
 ) -> bool
 where
     F: NptFormat,
@@ -381,7 +382,7 @@ where
     );
 
     // ---- activate and run the guest ----
-    if !activate(&space, vcpu) {
+    if !activate(&mut space, vcpu) {
         checks.check("activate", false);
         return false;
     }
