@@ -77,15 +77,21 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         let Some(region) = self.region_at(addr) else {
             return Ok(FaultOutcome::Unmapped { gpa });
         };
-        if region.backing == (Backing::Mmio { passthrough: None }) {
-            return Ok(FaultOutcome::Mmio { gpa, access });
-        }
-        if !region.flags.contains(access.needs()) {
+        // The region's rights first. Emulated device space checks data
+        // accesses only (a write to a read-only device is a violation, not
+        // an exit); an instruction fetch there exits as MMIO, for the
+        // hypervisor to decide.
+        let emulated = region.backing == (Backing::Mmio { passthrough: None });
+        let checked = !emulated || access != Access::Execute;
+        if checked && !region.flags.contains(access.needs()) {
             return Ok(FaultOutcome::Violation {
                 gpa,
                 access,
                 kind: region.backing.kind(),
             });
+        }
+        if emulated {
+            return Ok(FaultOutcome::Mmio { gpa, access });
         }
         let (flags, logging, lazy) = (region.flags, region.dirty.is_some(), region.is_lazy());
         let page = addr & !(PAGE - 1);
