@@ -19,11 +19,21 @@
 //! ([`gva`]) and logs dirty pages. Every mutating call returns the
 //! [`npt_table::TlbFlush`] record for the caller to act on.
 //!
+//! One dependency is enough: the crates underneath are re-exported
+//! ([`gpa_types`], [`npt_entry`], [`npt_table`]), and so are the types most
+//! code names (addresses, flags, [`FrameAllocator`], [`TlbFlush`],
+//! [`NptFormat`], ...). Features:
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `paging-handler` | yes | `HandlerAllocator`: a `page_table_multiarch::PagingHandler` as a [`FrameAllocator`] |
+//! | `std` | no | the host allocators of [`npt_table`] for tests: `HostFrameAllocator`, `FailingAllocator`, `POISON` |
+//!
 //! ```
-//! use guest_aspace::{ConfigOptions, GuestAddrSpace};
-//! use npt_table::HostFrameAllocator;
-//! use npt_entry::gstage::Sv39x4;
-//! use gpa_types::{GuestPhysAddr, GuestPhysAddrRange};
+//! // With feature `std` (the host allocator); everything from one crate.
+//! use guest_aspace::{ConfigOptions, GuestAddrSpace, GuestPhysAddr, GuestPhysAddrRange};
+//! use guest_aspace::HostFrameAllocator;
+//! use guest_aspace::npt_entry::gstage::Sv39x4;
 //!
 //! let alloc = HostFrameAllocator::new();
 //! let window = GuestPhysAddrRange::from_start_size(0.into(), 1 << 34);
@@ -40,6 +50,7 @@
 //! ```
 #![no_std]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 extern crate alloc;
 #[cfg(any(test, feature = "std"))]
@@ -62,3 +73,22 @@ pub use fault::{Access, FaultOutcome};
 pub use region::{Backing, RegionInfo, RegionKind};
 pub use shared::SharedAddrSpace;
 pub use space::{GpaInfo, GuestAddrSpace, HostChunk};
+
+// One dependency: the crates underneath, and the types most code names.
+pub use gpa_types;
+pub use gpa_types::{
+    GuestPhysAddr, GuestPhysAddrRange, GuestVirtAddr, HostPhysAddr, HostVirtAddr, MapType,
+    MappingFlags, MemoryAddr, PageSize, RegionConfig,
+};
+/// The address types `PagingHandler` and `axerrno`-based code are written in.
+pub use memory_addr;
+pub use npt_entry;
+pub use npt_entry::NptFormat;
+pub use npt_table;
+#[cfg(feature = "std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
+pub use npt_table::{FailingAllocator, HostFrameAllocator, POISON};
+pub use npt_table::{FrameAllocator, MapPolicy, NestedPageTable, NptError, TableStats, TlbFlush};
+#[cfg(feature = "paging-handler")]
+#[cfg_attr(docsrs, doc(cfg(feature = "paging-handler")))]
+pub use npt_table::{HandlerAllocator, PagingHandler};
