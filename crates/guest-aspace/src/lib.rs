@@ -92,3 +92,8 @@ pub use npt_table::{FrameAllocator, MapPolicy, NestedPageTable, NptError, TableS
 #[cfg(feature = "paging-handler")]
 #[cfg_attr(docsrs, doc(cfg(feature = "paging-handler")))]
 pub use npt_table::{HandlerAllocator, PagingHandler};
+
+/// The README's examples, compiled and run as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
