@@ -33,6 +33,34 @@ impl Access {
     }
 }
 
+/// The access a fault reports as mapping flags (axaddrspace's
+/// `handle_page_fault(addr, access_flags)`): `WRITE` is a write (a
+/// read-modify-write too), else `EXECUTE` an instruction fetch, else `READ`
+/// a read. Other bits (`USER`, `DEVICE`, ...) are ignored; flags without
+/// `READ`, `WRITE` or `EXECUTE` are [`AspaceError::Table`] with `BadFlags`.
+impl TryFrom<MappingFlags> for Access {
+    type Error = AspaceError;
+
+    fn try_from(flags: MappingFlags) -> Result<Self, Self::Error> {
+        if flags.contains(MappingFlags::WRITE) {
+            Ok(Self::Write)
+        } else if flags.contains(MappingFlags::EXECUTE) {
+            Ok(Self::Execute)
+        } else if flags.contains(MappingFlags::READ) {
+            Ok(Self::Read)
+        } else {
+            Err(AspaceError::Table(npt_table::NptError::BadFlags(flags)))
+        }
+    }
+}
+
+/// The flag an access needs ([`Access::needs`]).
+impl From<Access> for MappingFlags {
+    fn from(access: Access) -> Self {
+        access.needs()
+    }
+}
+
 /// What [`GuestAddrSpace::handle_fault`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use = "a fault outcome says whether to resume the guest, emulate, or inject an error"]

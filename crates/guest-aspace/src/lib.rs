@@ -14,7 +14,9 @@
 //! | ROM | allocated, read-only (+execute), host-loaded | yes |
 //!
 //! It translates GPAs ([`GuestAddrSpace::translate`], [`GuestAddrSpace::query`],
-//! [`GuestAddrSpace::hpa_to_gpa`]), classifies faults ([`FaultOutcome`]),
+//! [`GuestAddrSpace::translate_and_get_limit`], [`GuestAddrSpace::hpa_to_gpa`]),
+//! changes the guest's rights on a range ([`GuestAddrSpace::protect_range`]),
+//! classifies faults ([`FaultOutcome`]),
 //! reads and writes guest memory safely, walks the guest's own page tables
 //! ([`gva`]) and logs dirty pages. Every mutating call returns the
 //! [`npt_table::TlbFlush`] record for the caller to act on.
@@ -56,6 +58,7 @@ extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+mod compat;
 mod config;
 mod dirty;
 mod error;
