@@ -678,7 +678,16 @@ impl<F: NptFormat> Harness<'_, F> {
                             assert!(npt_entry::check_flags(flags).is_err());
                             AspaceError::Table(NptError::BadFlags(flags))
                         }
-                        PlacementError::Table => AspaceError::Table(NptError::ZeroLength),
+                        PlacementError::WritableRom => {
+                            assert_eq!(field, ConfigField::Flags);
+                            assert!(kind == Kind::Rom && flags.contains(MappingFlags::WRITE));
+                            AspaceError::Table(NptError::BadFlags(flags))
+                        }
+                        PlacementError::Table(e) => AspaceError::Table(e),
+                        e @ (PlacementError::LandedOutsideWindow { .. }
+                        | PlacementError::LandedOverlap { .. }) => {
+                            panic!("config add of a placed kind returned {e:?}")
+                        }
                     }
                 }
                 (Some(_), e) => panic!("config add returned {e:?}"),
@@ -691,7 +700,15 @@ impl<F: NptFormat> Harness<'_, F> {
                     free.is_ok(),
                     "add at {gpa:#x}+{size:#x} accepted, model says {free:?}"
                 );
-                if matches!(kind, Kind::Ram { .. } | Kind::Linear(_) | Kind::Identical) {
+                if kind == Kind::Rom && config.is_some() {
+                    assert!(
+                        !flags.contains(MappingFlags::WRITE),
+                        "writable ROM accepted"
+                    );
+                }
+                if matches!(kind, Kind::Ram { .. } | Kind::Linear(_) | Kind::Identical)
+                    || config.is_some()
+                {
                     assert!(
                         npt_entry::check_flags(flags).is_ok(),
                         "bad flags {flags:?} accepted"
@@ -889,11 +906,9 @@ impl<F: NptFormat> Harness<'_, F> {
                     MapType::Mmio => Kind::Mmio(None),
                     MapType::Rom => Kind::Rom,
                 };
+                // The flags apply to every kind; MMIO adds DEVICE.
                 let flags = match kind {
-                    Kind::Rom => MappingFlags::READ | (flags & MappingFlags::EXECUTE),
-                    Kind::Mmio(_) => {
-                        MappingFlags::READ | MappingFlags::WRITE | MappingFlags::DEVICE
-                    }
+                    Kind::Mmio(_) => flags | MappingFlags::DEVICE,
                     _ => flags,
                 };
                 self.add(gpa, size, flags, kind, Some(index), |s| {
@@ -1197,7 +1212,9 @@ impl<F: NptFormat> Harness<'_, F> {
             assert_eq!(r, Ok(FaultOutcome::Unmapped { gpa: gpa.into() }));
             return;
         };
-        if reg.kind == Kind::Mmio(None) {
+        // Emulated MMIO checks data accesses against its flags; fetches exit.
+        let emulated = reg.kind == Kind::Mmio(None);
+        if emulated && (access == Access::Execute || reg.flags.contains(access.needs())) {
             assert_eq!(
                 r,
                 Ok(FaultOutcome::Mmio {

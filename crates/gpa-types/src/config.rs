@@ -7,7 +7,7 @@
 
 use core::fmt;
 
-use crate::{GuestPhysAddr, GuestPhysAddrRange, MappingFlags, MemoryAddr};
+use crate::{GuestPhysAddr, GuestPhysAddrRange, MappingFlags};
 
 /// How a region's guest-physical range is backed.
 ///
@@ -170,27 +170,7 @@ impl RegionConfig {
     /// zero or unaligned size, an unaligned base, a region whose end does not
     /// fit in a `usize`, and an unknown `map_type`.
     pub fn from_raw(base: u64, size: u64, flags: u64, map_type: u64) -> Result<Self, ConfigError> {
-        if size == 0 {
-            return Err(ConfigError::ZeroSize);
-        }
-        if base % 0x1000 != 0 {
-            return Err(ConfigError::NotAligned {
-                field: ConfigField::Base,
-                value: base,
-            });
-        }
-        if size % 0x1000 != 0 {
-            return Err(ConfigError::NotAligned {
-                field: ConfigField::Size,
-                value: size,
-            });
-        }
-        let (Ok(base_us), Ok(size_us)) = (usize::try_from(base), usize::try_from(size)) else {
-            return Err(ConfigError::Overflow { base, size });
-        };
-        if base_us.checked_add(size_us).is_none() {
-            return Err(ConfigError::Overflow { base, size });
-        }
+        check_range(base, size)?;
         let known = MappingFlags::all().bits() as u64;
         if flags & !known != 0 {
             return Err(ConfigError::UnknownFlags {
@@ -200,23 +180,78 @@ impl RegionConfig {
         }
         let map_type =
             MapType::from_raw(map_type).ok_or(ConfigError::UnknownMapType { value: map_type })?;
+        // `check_range` proved both fit in a `usize`.
+        let (base, size) = (base as usize, size as usize);
         Ok(Self {
-            base: GuestPhysAddr::from_usize(base_us),
-            size: size_us,
+            base: GuestPhysAddr::from_usize(base),
+            size,
             flags: MappingFlags::from_bits_truncate(flags as usize),
             map_type,
         })
     }
 
-    /// The guest-physical range the region covers.
-    pub fn range(&self) -> GuestPhysAddrRange {
-        GuestPhysAddrRange::from_start_size(self.base, self.size)
+    /// Checks a record built by hand (its fields are public) by the rules of
+    /// [`RegionConfig::from_raw`]: a non-zero size, 4 KiB alignment of base
+    /// and size, an end that fits in a `usize`, and only defined flag bits.
+    /// A record from [`RegionConfig::from_raw`] always passes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_range(self.base.as_usize() as u64, self.size as u64)?;
+        let unknown = self.flags.bits() & !MappingFlags::all().bits();
+        if unknown != 0 {
+            return Err(ConfigError::UnknownFlags {
+                value: self.flags.bits() as u64,
+                unknown: unknown as u64,
+            });
+        }
+        Ok(())
     }
 
-    /// The last address of the region (inclusive).
-    pub fn last(&self) -> GuestPhysAddr {
-        self.base.add(self.size - 1)
+    /// The guest-physical range the region covers, or `None` if
+    /// `base + size` does not fit in a `usize` (possible only in a record
+    /// built by hand; [`RegionConfig::from_raw`] refuses it).
+    pub fn range(&self) -> Option<GuestPhysAddrRange> {
+        let end = self.base.as_usize().checked_add(self.size)?;
+        Some(GuestPhysAddrRange::new(
+            self.base,
+            GuestPhysAddr::from_usize(end),
+        ))
     }
+
+    /// The last address of the region (inclusive), or `None` for a size of
+    /// zero or a region whose end does not fit in a `usize` (both possible
+    /// only in a record built by hand).
+    pub fn last(&self) -> Option<GuestPhysAddr> {
+        let len = self.size.checked_sub(1)?;
+        let last = self.base.as_usize().checked_add(len)?;
+        Some(GuestPhysAddr::from_usize(last))
+    }
+}
+
+/// The range rules shared by [`RegionConfig::from_raw`] and
+/// [`RegionConfig::validate`].
+fn check_range(base: u64, size: u64) -> Result<(), ConfigError> {
+    if size == 0 {
+        return Err(ConfigError::ZeroSize);
+    }
+    if base % 0x1000 != 0 {
+        return Err(ConfigError::NotAligned {
+            field: ConfigField::Base,
+            value: base,
+        });
+    }
+    if size % 0x1000 != 0 {
+        return Err(ConfigError::NotAligned {
+            field: ConfigField::Size,
+            value: size,
+        });
+    }
+    let (Ok(base_us), Ok(size_us)) = (usize::try_from(base), usize::try_from(size)) else {
+        return Err(ConfigError::Overflow { base, size });
+    };
+    if base_us.checked_add(size_us).is_none() {
+        return Err(ConfigError::Overflow { base, size });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -234,8 +269,8 @@ mod tests {
             MappingFlags::READ | MappingFlags::WRITE | MappingFlags::EXECUTE
         );
         assert_eq!(r.map_type, MapType::Identical);
-        assert_eq!(r.range().end, GuestPhysAddr::from(0x9000_0000));
-        assert_eq!(r.last(), GuestPhysAddr::from(0x8fff_ffff));
+        assert_eq!(r.range().unwrap().end, GuestPhysAddr::from(0x9000_0000));
+        assert_eq!(r.last(), Some(GuestPhysAddr::from(0x8fff_ffff)));
     }
 
     #[test]
@@ -306,5 +341,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.starts_with("map_type: 9"), "{msg}");
+    }
+
+    #[test]
+    fn range_and_last_are_total_on_hand_built_records() {
+        let mut r = RegionConfig::from_raw(0x1000, 0x1000, 0x3, 0).unwrap();
+        r.size = 0;
+        assert_eq!(r.last(), None);
+        assert_eq!(r.validate(), Err(ConfigError::ZeroSize));
+        assert_eq!(r.range().map(|g| g.size()), Some(0));
+        r.base = GuestPhysAddr::from_usize(usize::MAX - 0xfff);
+        r.size = 0x2000;
+        assert_eq!(r.range(), None);
+        assert_eq!(r.last(), None);
+        assert!(matches!(r.validate(), Err(ConfigError::Overflow { .. })));
+        r.size = 0x1000;
+        assert_eq!(r.last(), Some(GuestPhysAddr::from_usize(usize::MAX)));
+        assert_eq!(r.range(), None, "the end is one past usize::MAX");
+        r.base = GuestPhysAddr::from_usize(0);
+        r.size = 1;
+        assert_eq!(r.last(), Some(GuestPhysAddr::from_usize(0)));
+    }
+
+    #[test]
+    fn validate_names_the_field_of_a_hand_built_record() {
+        let good = RegionConfig::from_raw(0x2000, 0x3000, 0x3, 3).unwrap();
+        assert_eq!(good.validate(), Ok(()));
+        let mut r = good;
+        r.base = GuestPhysAddr::from_usize(0x2800);
+        assert_eq!(
+            r.validate(),
+            Err(ConfigError::NotAligned {
+                field: ConfigField::Base,
+                value: 0x2800
+            })
+        );
+        let mut r = good;
+        r.size = 0x1800;
+        assert_eq!(r.validate().map_err(|e| e.field()), Err(ConfigField::Size));
+        let mut r = good;
+        r.flags = MappingFlags::from_bits_retain(0x403);
+        assert_eq!(
+            r.validate(),
+            Err(ConfigError::UnknownFlags {
+                value: 0x403,
+                unknown: 0x400
+            })
+        );
     }
 }

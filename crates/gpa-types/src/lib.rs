@@ -17,6 +17,7 @@
 //! ```
 #![no_std]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(test)]
 extern crate std;
@@ -34,3 +35,8 @@ pub use config::{ConfigError, ConfigField, MapType, RegionConfig};
 pub use flags::{MappingFlags, MemoryType};
 pub use memory_addr::{AddrRange, MemoryAddr};
 pub use size::PageSize;
+
+/// The README's examples, compiled and run as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

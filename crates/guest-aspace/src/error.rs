@@ -84,7 +84,7 @@ pub enum AspaceError {
 }
 
 /// Why a valid config record could not be placed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum PlacementError {
     /// Outside the window.
     OutsideWindow,
@@ -92,10 +92,54 @@ pub enum PlacementError {
     Overlap(GuestPhysAddr),
     /// The flags give no access, or write without read.
     Flags,
-    /// The nested table refused it.
-    Table,
+    /// A ROM record asks for write access; ROM is never guest-writable.
+    WritableRom,
+    /// Memory allocated for an allocating `MAP_IDENTICAL` record (placed at
+    /// GPA == HPA, see [`crate::ConfigOptions::allocate_identical`]) landed
+    /// at `[at, at + len)`, which leaves the guest-physical window.
+    LandedOutsideWindow {
+        /// Where the memory landed.
+        at: GuestPhysAddr,
+        /// Its length.
+        len: usize,
+    },
+    /// Memory allocated for an allocating `MAP_IDENTICAL` record landed at
+    /// `at`, overlapping the region that starts at `existing`.
+    LandedOverlap {
+        /// Where the memory landed.
+        at: GuestPhysAddr,
+        /// Start of the region it overlaps.
+        existing: GuestPhysAddr,
+    },
+    /// The nested table refused it, for this reason.
+    Table(NptError),
     /// Out of frames.
     NoMemory,
+}
+
+impl fmt::Display for PlacementError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::OutsideWindow => write!(f, "outside the guest-physical window"),
+            Self::Overlap(at) => write!(f, "overlaps the region at {:#x}", at.as_usize()),
+            Self::Flags => write!(f, "no access, or write without read"),
+            Self::WritableRom => write!(f, "ROM cannot be guest-writable (clear bit1 write)"),
+            Self::LandedOutsideWindow { at, len } => write!(
+                f,
+                "MAP_IDENTICAL memory was allocated at [{:#x}, {:#x}), outside the guest-physical window",
+                at.as_usize(),
+                at.as_usize().saturating_add(len)
+            ),
+            Self::LandedOverlap { at, existing } => write!(
+                f,
+                "MAP_IDENTICAL memory was allocated at {:#x}, overlapping the region at {:#x}",
+                at.as_usize(),
+                existing.as_usize()
+            ),
+            Self::Table(e) => write!(f, "rejected by the nested table: {e}"),
+            Self::NoMemory => write!(f, "out of memory"),
+        }
+    }
 }
 
 impl From<NptError> for AspaceError {
@@ -154,16 +198,7 @@ impl fmt::Display for AspaceError {
                 field,
                 error,
             } => {
-                write!(f, "memory_regions[{index}]: {field}: ")?;
-                match error {
-                    PlacementError::OutsideWindow => write!(f, "outside the guest-physical window"),
-                    PlacementError::Overlap(at) => {
-                        write!(f, "overlaps the region at {:#x}", at.as_usize())
-                    }
-                    PlacementError::Flags => write!(f, "no access, or write without read"),
-                    PlacementError::Table => write!(f, "rejected by the nested table"),
-                    PlacementError::NoMemory => write!(f, "out of memory"),
-                }
+                write!(f, "memory_regions[{index}]: {field}: {error}")
             }
             Self::NoMemory => write!(f, "out of memory"),
         }

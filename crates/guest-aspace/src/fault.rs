@@ -33,6 +33,34 @@ impl Access {
     }
 }
 
+/// The access a fault reports as mapping flags (axaddrspace's
+/// `handle_page_fault(addr, access_flags)`): `WRITE` is a write (a
+/// read-modify-write too), else `EXECUTE` an instruction fetch, else `READ`
+/// a read. Other bits (`USER`, `DEVICE`, ...) are ignored; flags without
+/// `READ`, `WRITE` or `EXECUTE` are [`AspaceError::Table`] with `BadFlags`.
+impl TryFrom<MappingFlags> for Access {
+    type Error = AspaceError;
+
+    fn try_from(flags: MappingFlags) -> Result<Self, Self::Error> {
+        if flags.contains(MappingFlags::WRITE) {
+            Ok(Self::Write)
+        } else if flags.contains(MappingFlags::EXECUTE) {
+            Ok(Self::Execute)
+        } else if flags.contains(MappingFlags::READ) {
+            Ok(Self::Read)
+        } else {
+            Err(AspaceError::Table(npt_table::NptError::BadFlags(flags)))
+        }
+    }
+}
+
+/// The flag an access needs ([`Access::needs`]).
+impl From<Access> for MappingFlags {
+    fn from(access: Access) -> Self {
+        access.needs()
+    }
+}
+
 /// What [`GuestAddrSpace::handle_fault`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use = "a fault outcome says whether to resume the guest, emulate, or inject an error"]
@@ -77,15 +105,21 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         let Some(region) = self.region_at(addr) else {
             return Ok(FaultOutcome::Unmapped { gpa });
         };
-        if region.backing == (Backing::Mmio { passthrough: None }) {
-            return Ok(FaultOutcome::Mmio { gpa, access });
-        }
-        if !region.flags.contains(access.needs()) {
+        // The region's rights first. Emulated device space checks data
+        // accesses only (a write to a read-only device is a violation, not
+        // an exit); an instruction fetch there exits as MMIO, for the
+        // hypervisor to decide.
+        let emulated = region.backing == (Backing::Mmio { passthrough: None });
+        let checked = !emulated || access != Access::Execute;
+        if checked && !region.flags.contains(access.needs()) {
             return Ok(FaultOutcome::Violation {
                 gpa,
                 access,
                 kind: region.backing.kind(),
             });
+        }
+        if emulated {
+            return Ok(FaultOutcome::Mmio { gpa, access });
         }
         let (flags, logging, lazy) = (region.flags, region.dirty.is_some(), region.is_lazy());
         let page = addr & !(PAGE - 1);

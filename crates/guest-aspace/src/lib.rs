@@ -14,16 +14,28 @@
 //! | ROM | allocated, read-only (+execute), host-loaded | yes |
 //!
 //! It translates GPAs ([`GuestAddrSpace::translate`], [`GuestAddrSpace::query`],
-//! [`GuestAddrSpace::hpa_to_gpa`]), classifies faults ([`FaultOutcome`]),
+//! [`GuestAddrSpace::translate_and_get_limit`], [`GuestAddrSpace::hpa_to_gpa`]),
+//! changes the guest's rights on a range ([`GuestAddrSpace::protect_range`]),
+//! classifies faults ([`FaultOutcome`]),
 //! reads and writes guest memory safely, walks the guest's own page tables
 //! ([`gva`]) and logs dirty pages. Every mutating call returns the
 //! [`npt_table::TlbFlush`] record for the caller to act on.
 //!
+//! One dependency is enough: the crates underneath are re-exported
+//! ([`gpa_types`], [`npt_entry`], [`npt_table`]), and so are the types most
+//! code names (addresses, flags, [`FrameAllocator`], [`TlbFlush`],
+//! [`NptFormat`], ...). Features:
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `paging-handler` | yes | `HandlerAllocator`: a `page_table_multiarch::PagingHandler` as a [`FrameAllocator`] |
+//! | `std` | no | the host allocators of [`npt_table`] for tests: `HostFrameAllocator`, `FailingAllocator`, `POISON` |
+//!
 //! ```
-//! use guest_aspace::{ConfigOptions, GuestAddrSpace};
-//! use npt_table::HostFrameAllocator;
-//! use npt_entry::gstage::Sv39x4;
-//! use gpa_types::{GuestPhysAddr, GuestPhysAddrRange};
+//! // With feature `std` (the host allocator); everything from one crate.
+//! use guest_aspace::{ConfigOptions, GuestAddrSpace, GuestPhysAddr, GuestPhysAddrRange};
+//! use guest_aspace::HostFrameAllocator;
+//! use guest_aspace::npt_entry::gstage::Sv39x4;
 //!
 //! let alloc = HostFrameAllocator::new();
 //! let window = GuestPhysAddrRange::from_start_size(0.into(), 1 << 34);
@@ -40,11 +52,13 @@
 //! ```
 #![no_std]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+mod compat;
 mod config;
 mod dirty;
 mod error;
@@ -62,3 +76,27 @@ pub use fault::{Access, FaultOutcome};
 pub use region::{Backing, RegionInfo, RegionKind};
 pub use shared::SharedAddrSpace;
 pub use space::{GpaInfo, GuestAddrSpace, HostChunk};
+
+// One dependency: the crates underneath, and the types most code names.
+pub use gpa_types;
+pub use gpa_types::{
+    GuestPhysAddr, GuestPhysAddrRange, GuestVirtAddr, HostPhysAddr, HostVirtAddr, MapType,
+    MappingFlags, MemoryAddr, PageSize, RegionConfig,
+};
+/// The address types `PagingHandler` and `axerrno`-based code are written in.
+pub use memory_addr;
+pub use npt_entry;
+pub use npt_entry::NptFormat;
+pub use npt_table;
+#[cfg(feature = "std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
+pub use npt_table::{FailingAllocator, HostFrameAllocator, POISON};
+pub use npt_table::{FrameAllocator, MapPolicy, NestedPageTable, NptError, TableStats, TlbFlush};
+#[cfg(feature = "paging-handler")]
+#[cfg_attr(docsrs, doc(cfg(feature = "paging-handler")))]
+pub use npt_table::{HandlerAllocator, PagingHandler};
+
+/// The README's examples, compiled and run as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -278,7 +278,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         self.add_owned(gpa.as_usize(), size, flags, Backing::Rom)
     }
 
-    fn add_owned(
+    pub(crate) fn add_owned(
         &mut self,
         gpa: usize,
         size: usize,
@@ -465,6 +465,24 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         passthrough: Option<HostPhysAddr>,
     ) -> AspaceResult<TlbFlush> {
         let flags = MappingFlags::READ | MappingFlags::WRITE | MappingFlags::DEVICE;
+        self.add_mmio_with_flags(gpa, size, flags, passthrough)
+    }
+
+    /// [`GuestAddrSpace::add_mmio`] with the guest's rights given: `flags`
+    /// must grant some access and not write without read
+    /// ([`AspaceError::Table`] with `BadFlags` otherwise); `DEVICE` is
+    /// added. For emulated space (`passthrough: None`) a data access the
+    /// flags forbid (a write to a read-only device) is reported by
+    /// [`GuestAddrSpace::handle_fault`] as a violation, not as MMIO; an
+    /// instruction fetch is reported as MMIO whatever the flags.
+    pub fn add_mmio_with_flags(
+        &mut self,
+        gpa: GuestPhysAddr,
+        size: usize,
+        flags: MappingFlags,
+        passthrough: Option<HostPhysAddr>,
+    ) -> AspaceResult<TlbFlush> {
+        let flags = flags | MappingFlags::DEVICE;
         match passthrough {
             Some(hpa) => self.add_passthrough(
                 gpa.as_usize(),
@@ -475,6 +493,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             ),
             None => {
                 self.check_free(gpa.as_usize(), size)?;
+                npt_entry::check_flags(flags).map_err(|e| AspaceError::Table(e.into()))?;
                 self.insert(
                     gpa.as_usize(),
                     size,
@@ -524,7 +543,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         npt_entry::check_flags(flags).map_err(|e| AspaceError::Table(e.into()))?;
         let align = [PageSize::Size1G, PageSize::Size2M]
             .into_iter()
-            .find(|p| size >= p.bytes() && *p <= F::MAX_LEAF)
+            .find(|p| size >= p.bytes() && *p <= F::MAX_LEAF && F::level_of(*p).is_some())
             .map_or(PAGE, PageSize::bytes);
         let alloc = self.table.allocator();
         let hpa = alloc

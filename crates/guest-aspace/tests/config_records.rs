@@ -3,12 +3,13 @@
 mod common;
 
 use common::*;
-use gpa_types::{ConfigError, ConfigField, MappingFlags, PageSize};
+use gpa_types::{ConfigError, ConfigField, MapType, MappingFlags, PageSize, RegionConfig};
 use guest_aspace::{
-    AspaceError, Backing, ConfigOptions, GuestAddrSpace, PlacementError, RegionKind,
+    Access, AspaceError, Backing, ConfigOptions, FaultOutcome, GuestAddrSpace, PlacementError,
+    RegionKind,
 };
 use npt_entry::ept::Ept4;
-use npt_table::HostFrameAllocator;
+use npt_table::{HostFrameAllocator, NptError};
 
 type Space<'a> = GuestAddrSpace<Ept4, &'a HostFrameAllocator>;
 
@@ -252,12 +253,252 @@ fn flags_bits_carry_over() {
     );
     let q = s.query(gpa(0x2000)).unwrap();
     assert!(q.flags.contains(RW | MappingFlags::DEVICE), "{:?}", q.flags);
-    // A ROM record's write bit is dropped: ROM is read-only.
+    // A ROM record's flags apply: read-only stays read-only.
     let s = build(
         &alloc,
-        &[[0x1000, 0x1000, 0x7, 4]],
+        &[[0x1000, 0x1000, 0x1, 4]],
         ConfigOptions::default(),
     )
     .unwrap();
-    assert_eq!(s.find_region(gpa(0x1000)).unwrap().flags, RX);
+    assert_eq!(s.find_region(gpa(0x1000)).unwrap().flags, R);
+}
+
+/// Flags 0 (no access) and 2 (write without read) are refused for every map
+/// type, naming the flags field; before, MMIO and ROM records took them and
+/// became read/write device space and readable ROM.
+#[test]
+fn bad_flags_refused_for_every_map_type() {
+    let alloc = HostFrameAllocator::new();
+    for map_type in 0..=4u64 {
+        for flags in [0x0, 0x2, 0x10, 0x12] {
+            let e = build(
+                &alloc,
+                &[[0x1000, 0x1000, flags, map_type]],
+                ConfigOptions::default(),
+            )
+            .unwrap_err();
+            assert_eq!(
+                e,
+                AspaceError::ConfigPlacement {
+                    index: 0,
+                    field: ConfigField::Flags,
+                    error: PlacementError::Flags
+                },
+                "flags {flags:#x}, map_type {map_type}"
+            );
+            assert!(e.to_string().starts_with("memory_regions[0]: flags: "));
+        }
+    }
+    assert_eq!(alloc.live_frames(), 0);
+}
+
+/// An MMIO record's flags become the region's rights (plus DEVICE); an access
+/// they forbid is a violation, not an MMIO exit.
+#[test]
+fn mmio_record_flags_apply() {
+    let alloc = HostFrameAllocator::new();
+    let mut s = build(
+        &alloc,
+        &[[0x1000, 0x1000, 0x1, 3], [0x2000, 0x1000, 0x13, 3]],
+        ConfigOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        s.find_region(gpa(0x1000)).unwrap().flags,
+        R | MappingFlags::DEVICE
+    );
+    assert_eq!(
+        s.find_region(gpa(0x2000)).unwrap().flags,
+        RW | MappingFlags::DEVICE
+    );
+    assert_eq!(
+        s.handle_fault(gpa(0x1008), Access::Read).unwrap(),
+        FaultOutcome::Mmio {
+            gpa: gpa(0x1008),
+            access: Access::Read
+        }
+    );
+    assert_eq!(
+        s.handle_fault(gpa(0x1008), Access::Write).unwrap(),
+        FaultOutcome::Violation {
+            gpa: gpa(0x1008),
+            access: Access::Write,
+            kind: RegionKind::Mmio
+        }
+    );
+    assert!(matches!(
+        s.handle_fault(gpa(0x2008), Access::Write).unwrap(),
+        FaultOutcome::Mmio { .. }
+    ));
+}
+
+/// A ROM record asking for write access is refused instead of silently
+/// becoming read-only.
+#[test]
+fn writable_rom_record_refused() {
+    let alloc = HostFrameAllocator::new();
+    for flags in [0x3, 0x7] {
+        let e = build(
+            &alloc,
+            &[[0x1000, 0x1000, flags, 4]],
+            ConfigOptions::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            AspaceError::ConfigPlacement {
+                index: 0,
+                field: ConfigField::Flags,
+                error: PlacementError::WritableRom
+            }
+        );
+        assert!(
+            e.to_string().contains("ROM cannot be guest-writable"),
+            "{e}"
+        );
+    }
+    assert_eq!(alloc.live_frames(), 0);
+}
+
+/// Allocating `MAP_IDENTICAL` memory that lands outside the window is blamed
+/// on where it landed, not on the (inside) base.
+#[test]
+fn allocated_identical_outside_window_says_where() {
+    let alloc = HostFrameAllocator::new();
+    let options = ConfigOptions {
+        allocate_identical: true,
+        ..ConfigOptions::default()
+    };
+    // Heap frames never sit in the first MiB.
+    let e = Space::from_config(
+        &alloc,
+        window(0, 1 << 20),
+        &[[0x1000, 0x2000, 0x3, 1]],
+        options,
+    )
+    .unwrap_err();
+    let AspaceError::ConfigPlacement {
+        index: 0,
+        field: ConfigField::MapType,
+        error: PlacementError::LandedOutsideWindow { at, len: 0x2000 },
+    } = e
+    else {
+        panic!("{e:?}");
+    };
+    assert_ne!(at, gpa(0x1000));
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("allocated at [{:#x}, ", at.as_usize())),
+        "{text}"
+    );
+    assert!(!text.contains("base_paddr"), "{text}");
+    assert_eq!(alloc.live_frames(), 0);
+}
+
+/// An identity record above the host physical width gives the table's
+/// reason and blames the base (or the size when only the end is too wide).
+#[test]
+fn identity_above_host_width_gives_the_reason() {
+    use npt_entry::ept::Ept5;
+    let alloc = HostFrameAllocator::new();
+    let build5 = |records: &[[u64; 4]]| {
+        GuestAddrSpace::<Ept5, _>::from_config(
+            &alloc,
+            window(0, 1 << 57),
+            records,
+            ConfigOptions::default(),
+        )
+        .map(|(_, f)| f.ignore())
+        .unwrap_err()
+    };
+    let e = build5(&[[1 << 53, 0x1000, 0x3, 1]]);
+    let AspaceError::ConfigPlacement {
+        field: ConfigField::Base,
+        error: PlacementError::Table(NptError::HpaOutOfRange { pa_bits: 52, .. }),
+        ..
+    } = e
+    else {
+        panic!("{e:?}");
+    };
+    let text = e.to_string();
+    assert!(
+        text.starts_with("memory_regions[0]: base_paddr: "),
+        "{text}"
+    );
+    assert!(text.contains("52-bit"), "{text}");
+    let e = build5(&[[(1 << 52) - 0x1000, 0x2000, 0x3, 2]]);
+    assert!(
+        matches!(
+            e,
+            AspaceError::ConfigPlacement {
+                field: ConfigField::Size,
+                error: PlacementError::Table(NptError::HpaOutOfRange { .. }),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(alloc.live_frames(), 0);
+}
+
+/// A hand-built record (public fields) is checked like a raw one: the error
+/// names the right field and reason.
+#[test]
+fn hand_built_records_name_the_right_field() {
+    let alloc = HostFrameAllocator::new();
+    let mut s = build(&alloc, &[], ConfigOptions::default()).unwrap();
+    let good = RegionConfig::from_raw(0x1000, 0x1000, 0x3, 3).unwrap();
+    let cases = [
+        (
+            RegionConfig { size: 0, ..good },
+            ConfigError::ZeroSize,
+            "size: ",
+        ),
+        (
+            RegionConfig {
+                base: gpa(0x1800),
+                ..good
+            },
+            ConfigError::NotAligned {
+                field: ConfigField::Base,
+                value: 0x1800,
+            },
+            "base_paddr: 0x1800",
+        ),
+        (
+            RegionConfig {
+                size: 0x1800,
+                ..good
+            },
+            ConfigError::NotAligned {
+                field: ConfigField::Size,
+                value: 0x1800,
+            },
+            "size: 0x1800",
+        ),
+        (
+            RegionConfig {
+                base: gpa(usize::MAX - 0xfff),
+                ..good
+            },
+            ConfigError::Overflow {
+                base: (usize::MAX - 0xfff) as u64,
+                size: 0x1000,
+            },
+            "size: ",
+        ),
+    ];
+    for map_type in [MapType::Mmio, MapType::Alloc, MapType::Rom] {
+        for (cfg, error, text) in cases {
+            let cfg = RegionConfig { map_type, ..cfg };
+            let e = s.add_config(7, &cfg, ConfigOptions::default()).unwrap_err();
+            assert_eq!(e, AspaceError::Config { index: 7, error }, "{cfg:?}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("memory_regions[7]: {text}")),
+                "{e}"
+            );
+        }
+    }
+    assert_eq!(s.regions().count(), 0);
 }

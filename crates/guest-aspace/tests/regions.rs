@@ -1036,3 +1036,63 @@ fn single_frames_are_found_through_their_leaves() {
     }
     assert_eq!(alloc.live_frames(), 0);
 }
+
+/// Records the alignment of each request for more than 16 frames (more than
+/// a concatenated root) and refuses it.
+struct AlignSpy<'a> {
+    inner: &'a HostFrameAllocator,
+    aligns: std::sync::Mutex<Vec<usize>>,
+}
+
+// SAFETY: table frames come from `inner`, which upholds the contract;
+// larger requests are refused.
+unsafe impl npt_table::FrameAllocator for AlignSpy<'_> {
+    fn alloc_frames(&self, count: usize, align: usize) -> Option<gpa_types::HostPhysAddr> {
+        if count <= 16 {
+            return self.inner.alloc_frames(count, align);
+        }
+        self.aligns.lock().unwrap().push(align);
+        None
+    }
+    fn dealloc_frames(&self, hpa: gpa_types::HostPhysAddr, count: usize) {
+        self.inner.dealloc_frames(hpa, count)
+    }
+    fn phys_to_virt(&self, hpa: gpa_types::HostPhysAddr) -> *mut u8 {
+        self.inner.phys_to_virt(hpa)
+    }
+}
+
+fn identical_alloc_align<F: NptFormat>(size: usize) -> usize {
+    let alloc = HostFrameAllocator::new();
+    let spy = AlignSpy {
+        inner: &alloc,
+        aligns: Default::default(),
+    };
+    {
+        let mut s = GuestAddrSpace::<F, _>::new(&spy, window(0, 1 << 32)).unwrap();
+        assert_eq!(
+            s.add_identical_alloc(size, RW).map(|(g, f)| {
+                f.ignore();
+                g
+            }),
+            Err(AspaceError::NoMemory)
+        );
+    }
+    assert_eq!(alloc.live_frames(), 0);
+    let aligns = spy.aligns.lock().unwrap();
+    assert_eq!(aligns.len(), 1);
+    aligns[0]
+}
+
+/// 2-level stage 2 (32..=34-bit IPA) has no 1 GiB leaf: allocating identical
+/// memory asks for 2 MiB alignment there, 1 GiB where the format has the leaf.
+#[test]
+fn identical_alloc_aligns_to_a_leaf_the_format_has() {
+    use npt_entry::stage2::Stage2;
+    assert_eq!(identical_alloc_align::<Stage2<32>>(G1), M2);
+    assert_eq!(identical_alloc_align::<Stage2<34>>(2 * G1), M2);
+    assert_eq!(identical_alloc_align::<Stage2Ipa40>(G1), G1);
+    assert_eq!(identical_alloc_align::<Ept4>(G1), G1);
+    assert_eq!(identical_alloc_align::<Stage2<32>>(M2), M2);
+    assert_eq!(identical_alloc_align::<Stage2<32>>(M2 - K4), K4);
+}

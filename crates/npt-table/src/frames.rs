@@ -1,8 +1,10 @@
 //! Where table frames come from: the [`FrameAllocator`] trait.
 
+#[cfg(feature = "paging-handler")]
 use core::marker::PhantomData;
 
 use gpa_types::HostPhysAddr;
+#[cfg(feature = "paging-handler")]
 use page_table_multiarch::PagingHandler;
 
 /// Size of one frame.
@@ -63,7 +65,8 @@ unsafe impl<A: FrameAllocator + ?Sized> FrameAllocator for &A {
 }
 
 /// Adapts any [`page_table_multiarch::PagingHandler`] (what ArceOS-based
-/// hypervisors already implement) into a [`FrameAllocator`].
+/// hypervisors already implement) into a [`FrameAllocator`]. Feature
+/// `paging-handler` (on by default).
 ///
 /// ```
 /// use npt_table::{FrameAllocator, HandlerAllocator};
@@ -77,8 +80,11 @@ unsafe impl<A: FrameAllocator + ?Sized> FrameAllocator for &A {
 /// let alloc = HandlerAllocator::<MyHandler>::new();
 /// assert!(alloc.alloc_frame().is_none());
 /// ```
+#[cfg(feature = "paging-handler")]
+#[cfg_attr(docsrs, doc(cfg(feature = "paging-handler")))]
 pub struct HandlerAllocator<H>(PhantomData<fn() -> H>);
 
+#[cfg(feature = "paging-handler")]
 impl<H> HandlerAllocator<H> {
     /// The adapter (it holds no state).
     pub const fn new() -> Self {
@@ -86,18 +92,21 @@ impl<H> HandlerAllocator<H> {
     }
 }
 
+#[cfg(feature = "paging-handler")]
 impl<H> Default for HandlerAllocator<H> {
     fn default() -> Self {
         Self::new()
     }
 }
 
+#[cfg(feature = "paging-handler")]
 impl<H> Clone for HandlerAllocator<H> {
     fn clone(&self) -> Self {
         Self::new()
     }
 }
 
+#[cfg(feature = "paging-handler")]
 impl<H> core::fmt::Debug for HandlerAllocator<H> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("HandlerAllocator")
@@ -108,6 +117,7 @@ impl<H> core::fmt::Debug for HandlerAllocator<H> {
 // returns `num` contiguous frames aligned to `align`, owned by the caller
 // until `dealloc_frames`, and `phys_to_virt` gives a linear mapping through
 // which the page-table code accesses them.
+#[cfg(feature = "paging-handler")]
 unsafe impl<H: PagingHandler> FrameAllocator for HandlerAllocator<H> {
     fn alloc_frames(&self, count: usize, align: usize) -> Option<HostPhysAddr> {
         H::alloc_frames(count, align).map(HostPhysAddr::from)

@@ -41,6 +41,7 @@
 //! ```
 #![no_std]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 extern crate alloc;
 #[cfg(any(test, feature = "std"))]
@@ -57,8 +58,10 @@ mod host;
 mod iter;
 mod map;
 #[cfg(feature = "std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
 pub mod mmu;
 #[cfg(feature = "std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
 pub mod model;
 mod range;
 mod raw;
@@ -71,8 +74,17 @@ pub use cursor::Cursor;
 pub use entry::{Entry, LeafEntry, Mappings, VacantEntry};
 pub use error::{NptError, NptResult};
 pub use flush::{FLUSH_RANGES, TlbFlush};
-pub use frames::{FRAME_SIZE, FrameAllocator, HandlerAllocator};
+#[cfg(feature = "paging-handler")]
+#[cfg_attr(docsrs, doc(cfg(feature = "paging-handler")))]
+pub use frames::HandlerAllocator;
+pub use frames::{FRAME_SIZE, FrameAllocator};
 #[cfg(feature = "std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
 pub use host::{FailingAllocator, HighAllocator, HostFrameAllocator, POISON, ReusingAllocator};
+/// The trait [`HandlerAllocator`] adapts, re-exported so that implementing it
+/// needs no direct dependency on `page_table_multiarch`.
+#[cfg(feature = "paging-handler")]
+#[cfg_attr(docsrs, doc(cfg(feature = "paging-handler")))]
+pub use page_table_multiarch::PagingHandler;
 pub use range::{AccessBit, MappedRun};
 pub use table::{MapPolicy, NestedPageTable, TableStats, Translation};
