@@ -3,10 +3,10 @@
 
 use gpa_types::{GuestPhysAddr, MappingFlags, PageSize};
 use npt_entry::NptFormat;
-use npt_table::{FrameAllocator, TlbFlush};
+use npt_table::{Entry, FrameAllocator, TlbFlush, VacantEntry};
 
 use crate::error::{AspaceError, AspaceResult};
-use crate::region::{Backing, RegionKind};
+use crate::region::{Backing, Region, RegionKind};
 use crate::space::GuestAddrSpace;
 
 const PAGE: usize = PageSize::Size4K.bytes();
@@ -121,55 +121,82 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         if emulated {
             return Ok(FaultOutcome::Mmio { gpa, access });
         }
-        let (flags, logging, lazy) = (region.flags, region.dirty.is_some(), region.is_lazy());
         let page = addr & !(PAGE - 1);
-        if self.table.translate_leaf(page.into()).is_none() {
-            return Ok(if lazy {
-                FaultOutcome::Fixed(self.populate_page(page, access == Access::Write)?)
-            } else {
-                FaultOutcome::Unmapped { gpa }
-            });
-        }
-        // Mapped: a write while dirty logging write-protects the page, or a
-        // stale TLB entry (nothing to change).
-        if access == Access::Write && logging {
-            let t = self.table.query(page.into())?;
-            if !t.flags.contains(MappingFlags::WRITE) {
-                self.mark_dirty(page);
-                return Ok(FaultOutcome::Fixed(self.table.protect(page.into(), flags)?));
+        let write = access == Access::Write;
+        // One region lookup (above, repeated mutably here, which the borrow
+        // rules need) and one walk, acting where it ended.
+        let Self { table, regions, .. } = self;
+        let Some(region) = crate::space::region_in(regions, page) else {
+            return Ok(FaultOutcome::Unmapped { gpa });
+        };
+        match table.entry(page.into())? {
+            Entry::Vacant(vacant) if region.is_lazy() => {
+                Ok(FaultOutcome::Fixed(fill(vacant, region, page, write)?))
+            }
+            Entry::Vacant(_) => Ok(FaultOutcome::Unmapped { gpa }),
+            // Mapped: a write while dirty logging write-protects the page,
+            // or a stale TLB entry (nothing to change).
+            Entry::Leaf(leaf) => {
+                let logging = region.dirty.is_some();
+                if write && logging && !leaf.translation().flags.contains(MappingFlags::WRITE) {
+                    mark(region, page);
+                    return Ok(FaultOutcome::Fixed(leaf.protect(region.flags)?));
+                }
+                Ok(FaultOutcome::Fixed(TlbFlush::none()))
             }
         }
-        Ok(FaultOutcome::Fixed(TlbFlush::none()))
     }
 
-    /// Allocates, zeroes and maps the lazy page at `page`. While dirty
-    /// logging is on the page is mapped without write permission unless
-    /// `dirty`, in which case it is marked dirty.
+    /// Allocates, zeroes and maps the lazy page at `page` if it is not
+    /// mapped yet. While dirty logging is on the page is mapped without
+    /// write permission unless `dirty`, in which case it is marked dirty.
     #[inline]
     pub(crate) fn populate_page(&mut self, page: usize, dirty: bool) -> AspaceResult<TlbFlush> {
-        let region = self
-            .region_at(page)
+        let Self { table, regions, .. } = self;
+        let region = crate::space::region_in(regions, page)
             .ok_or(AspaceError::NoRegion { gpa: page.into() })?;
-        let (mut flags, logging) = (region.flags, region.dirty.is_some());
-        if logging && !dirty {
-            flags -= MappingFlags::WRITE;
+        match table.entry(page.into())? {
+            Entry::Vacant(vacant) => fill(vacant, region, page, dirty),
+            Entry::Leaf(_) => Ok(TlbFlush::none()),
         }
-        let alloc = self.table.allocator();
-        let hpa = alloc.alloc_frame().ok_or(AspaceError::NoMemory)?;
-        // The guest (or the host write that populates it) touches it next:
-        // zero through the cache (see `zero.rs`).
+    }
+}
+
+/// Fills the vacant lazy page at `page` of `region` with a zeroed frame,
+/// mapped where the walk ended. While dirty logging is on the page is
+/// mapped without write permission unless `dirty`, in which case it is
+/// marked dirty.
+#[inline]
+fn fill<F: NptFormat, A: FrameAllocator>(
+    vacant: VacantEntry<'_, F, A>,
+    region: &mut Region,
+    page: usize,
+    dirty: bool,
+) -> AspaceResult<TlbFlush> {
+    let logging = region.dirty.is_some();
+    let mut flags = region.flags;
+    if logging && !dirty {
+        flags -= MappingFlags::WRITE;
+    }
+    // The leaf is the only record of a single frame (see `Region::huge`).
+    let (_, flush) = vacant.insert_new(flags, |alloc| {
+        let hpa = alloc.alloc_frame()?;
+        // The guest (or the host write that populates it) touches it
+        // next: zero through the cache (see `zero.rs`).
         crate::zero::zero_frames(alloc, hpa, PAGE);
-        // The leaf is the only record of a single frame (see `Region::huge`).
-        let flush = match self.table.map(page.into(), hpa, PageSize::Size4K, flags) {
-            Ok(f) => f,
-            Err(e) => {
-                self.table.allocator().dealloc_frames(hpa, 1);
-                return Err(e.into());
-            }
-        };
-        if logging && dirty {
-            self.mark_dirty(page);
-        }
-        Ok(flush)
+        Some(hpa)
+    })?;
+    if logging && dirty {
+        mark(region, page);
+    }
+    Ok(flush)
+}
+
+/// Marks `page` dirty in `region`'s log, if it has one.
+#[inline]
+fn mark(region: &mut Region, page: usize) {
+    let idx = (page - region.start) / PAGE;
+    if let Some(log) = region.dirty.as_mut() {
+        log.mark(idx);
     }
 }

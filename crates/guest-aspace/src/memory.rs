@@ -54,38 +54,58 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             }
             let region_end = region.end().min(end);
             if region.is_lazy() {
-                let mut page = pos & !(PAGE - 1);
-                while page < region_end {
-                    if self.table.translate_leaf(page.into()).is_none() {
-                        missing(page);
-                    }
-                    page += PAGE;
-                }
+                // The pages of the lazy part not covered by a leaf.
+                let lo = pos & !(PAGE - 1);
+                let hi = region_end.next_multiple_of(PAGE);
+                self.holes(lo, hi, &mut missing);
             }
             pos = region_end;
         }
         Ok(())
     }
 
-    /// Copies between guest memory and `buf` leaf by leaf. The range has
-    /// been checked; unpopulated lazy pages read as zeros.
-    fn copy(&self, gpa: usize, len: usize, mut f: impl FnMut(usize, Option<*mut u8>, usize)) {
-        let alloc = self.table.allocator();
-        let mut pos = gpa;
-        let end = gpa + len;
-        while pos < end {
-            match self.table.translate_leaf(pos.into()) {
-                Some((hpa, size)) => {
-                    let n = (size.bytes() - size.offset(pos)).min(end - pos);
-                    f(pos - gpa, Some(alloc.phys_to_virt(hpa)), n);
-                    pos += n;
-                }
-                None => {
-                    let n = (PAGE - pos % PAGE).min(end - pos);
-                    f(pos - gpa, None, n);
-                    pos += n;
-                }
+    /// Calls `f` for every 4 KiB page of `[lo, hi)` (page aligned, inside
+    /// the window) that no leaf maps, in one pass over the leaves.
+    fn holes(&self, lo: usize, hi: usize, mut f: impl FnMut(usize)) {
+        let mut pos = lo;
+        if let Ok(runs) = self.table.mappings(lo.into(), hi - lo) {
+            for run in runs {
+                (pos..run.gpa.as_usize()).step_by(PAGE).for_each(&mut f);
+                pos = run.gpa.as_usize() + run.len;
             }
+        }
+        (pos..hi).step_by(PAGE).for_each(f);
+    }
+
+    /// Copies between guest memory and `buf` leaf by leaf, in one pass over
+    /// the leaves (each walked from the previous one's table). The range
+    /// has been checked; unpopulated lazy pages read as zeros.
+    fn copy(&self, gpa: usize, len: usize, mut f: impl FnMut(usize, Option<*mut u8>, usize)) {
+        if len == 0 {
+            return;
+        }
+        let alloc = self.table.allocator();
+        let end = gpa + len;
+        let lo = gpa & !(PAGE - 1);
+        let hi = end.next_multiple_of(PAGE);
+        let mut pos = gpa;
+        if let Ok(leaves) = self.table.mappings(lo.into(), hi - lo) {
+            for leaf in leaves.per_leaf() {
+                let start = leaf.gpa.as_usize().max(gpa);
+                let stop = (leaf.gpa.as_usize() + leaf.len).min(end);
+                if start >= stop {
+                    continue;
+                }
+                if pos < start {
+                    f(pos - gpa, None, start - pos);
+                }
+                let hpa = leaf.hpa + (start - leaf.gpa.as_usize());
+                f(start - gpa, Some(alloc.phys_to_virt(hpa)), stop - start);
+                pos = stop;
+            }
+        }
+        if pos < end {
+            f(pos - gpa, None, end - pos);
         }
     }
 

@@ -156,9 +156,16 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             dirty_logging: region.dirty.is_some(),
         }
     }
+}
 
-    // ---- region lookup ----
+/// The region of `regions` containing `gpa`, mutably: for operations that
+/// also hold the table.
+pub(crate) fn region_in(regions: &mut BTreeMap<usize, Region>, gpa: usize) -> Option<&mut Region> {
+    let (_, r) = regions.range_mut(..=gpa).next_back()?;
+    (gpa < r.end()).then_some(r)
+}
 
+impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     pub(crate) fn region_at(&self, gpa: usize) -> Option<&Region> {
         let (_, r) = self.regions.range(..=gpa).next_back()?;
         (gpa < r.end()).then_some(r)
@@ -799,22 +806,45 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             .as_usize()
             .checked_add(len)
             .ok_or(AspaceError::OutsideWindow { gpa, len })?;
+        if len == 0 {
+            return Ok(out);
+        }
+        let lo = gpa.as_usize() & !(PAGE - 1);
+        let hi = end
+            .checked_next_multiple_of(PAGE)
+            .ok_or(AspaceError::OutsideWindow { gpa, len })?;
         let mut pos = gpa.as_usize();
-        while pos < end {
-            let (hpa, size) = self
-                .table
-                .translate_leaf(pos.into())
-                .ok_or(AspaceError::NotRam { gpa: pos.into() })?;
-            let n = (size.bytes() - size.offset(pos)).min(end - pos);
-            match out.last_mut() {
-                Some(last) if last.hpa.as_usize() + last.len == hpa.as_usize() => last.len += n,
-                _ => out.push(HostChunk {
-                    gpa: pos.into(),
-                    hpa,
-                    len: n,
-                }),
+        let runs = self
+            .table
+            .mappings(lo.into(), hi - lo)
+            .map_err(|_| AspaceError::NotRam { gpa })?;
+        for run in runs {
+            let start = run.gpa.as_usize().max(pos);
+            let stop = (run.gpa.as_usize() + run.len).min(end);
+            if start > pos {
+                return Err(AspaceError::NotRam { gpa: pos.into() });
             }
-            pos += n;
+            if start >= stop {
+                continue;
+            }
+            let hpa = run.hpa + (start - run.gpa.as_usize());
+            match out.last_mut() {
+                Some(last) if last.hpa.as_usize() + last.len == hpa.as_usize() => {
+                    last.len += stop - start
+                }
+                _ => {
+                    out.try_reserve(1).map_err(|_| AspaceError::NoMemory)?;
+                    out.push(HostChunk {
+                        gpa: start.into(),
+                        hpa,
+                        len: stop - start,
+                    })
+                }
+            }
+            pos = stop;
+        }
+        if pos < end {
+            return Err(AspaceError::NotRam { gpa: pos.into() });
         }
         Ok(out)
     }

@@ -105,6 +105,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             path: tree.path(),
             pos: gpa.as_usize(),
             end,
+            merge: true,
         })
     }
 
@@ -149,9 +150,34 @@ impl<F: NptFormat, A: FrameAllocator> VacantEntry<'_, F, A> {
         GuestPhysAddr::from_usize(self.gpa)
     }
 
+    /// Maps the page to a new frame that `make` takes from the table's
+    /// allocator (and may fill): the frame for a page populated on first
+    /// touch. If the map fails, the frame goes back to the allocator. `make`
+    /// returning `None` is [`NptError::NoMemory`]. Returns the frame and the
+    /// flush record.
+    pub fn insert_new(
+        self,
+        flags: MappingFlags,
+        make: impl FnOnce(&A) -> Option<HostPhysAddr>,
+    ) -> NptResult<(HostPhysAddr, TlbFlush)> {
+        let mut this = self;
+        let hpa = make(&this.table.alloc).ok_or(NptError::NoMemory)?;
+        match this.insert_here(hpa, flags) {
+            Ok(flush) => Ok((hpa, flush)),
+            Err(e) => {
+                this.table.alloc.dealloc_frames(hpa, 1);
+                Err(e)
+            }
+        }
+    }
+
     /// Maps the page to the 4 KiB frame at `hpa`, creating only the tables
     /// below where the walk stopped. All or nothing.
     pub fn insert(mut self, hpa: HostPhysAddr, flags: MappingFlags) -> NptResult<TlbFlush> {
+        self.insert_here(hpa, flags)
+    }
+
+    fn insert_here(&mut self, hpa: HostPhysAddr, flags: MappingFlags) -> NptResult<TlbFlush> {
         let size = PageSize::Size4K;
         self.table
             .check_hpa_range(hpa, size.bytes(), size.bytes())?;
@@ -240,6 +266,17 @@ pub struct Mappings<'t, F: NptFormat, A: FrameAllocator> {
     path: Path<F::Entry>,
     pos: usize,
     end: usize,
+    merge: bool,
+}
+
+impl<F: NptFormat, A: FrameAllocator> Mappings<'_, F, A> {
+    /// Yields every leaf as its own run (clipped to the range) instead of
+    /// merging: for host access, where only one leaf's frame is known to
+    /// be contiguous in the hypervisor's view (`FrameAllocator::phys_to_virt`).
+    pub fn per_leaf(mut self) -> Self {
+        self.merge = false;
+        self
+    }
 }
 
 impl<F: NptFormat, A: FrameAllocator> Iterator for Mappings<'_, F, A> {
@@ -266,6 +303,9 @@ impl<F: NptFormat, A: FrameAllocator> Iterator for Mappings<'_, F, A> {
             let hpa = pa + (self.pos - base);
             let raw = (slot.entry.raw() & F::Entry::FLAG_MASK, size.is_huge());
             if let Some(r) = run.as_mut() {
+                if !self.merge {
+                    break;
+                }
                 let same = bits == Some(raw)
                     || (r.flags == slot.entry.flags() && {
                         bits = Some(raw);
