@@ -75,7 +75,7 @@ fn insert_new_gives_the_frame_back<F: NptFormat>() {
     let Entry::Vacant(v) = t.entry(gpa(g)).unwrap() else {
         panic!()
     };
-    let e = v.insert_new(RW, |a| npt_table::FrameAllocator::alloc_frame(a));
+    let e = v.insert_new(RW, npt_table::FrameAllocator::alloc_frame);
     assert_eq!(e.map(|_| ()), Err(NptError::NoMemory), "{}", F::NAME);
     assert_eq!(alloc.inner().live_frames(), F::ROOT_FRAMES, "{}", F::NAME);
     alloc.heal();
@@ -83,7 +83,7 @@ fn insert_new_gives_the_frame_back<F: NptFormat>() {
         panic!()
     };
     let (frame, flush) = v
-        .insert_new(RW, |a| npt_table::FrameAllocator::alloc_frame(a))
+        .insert_new(RW, npt_table::FrameAllocator::alloc_frame)
         .unwrap();
     flush.ignore();
     assert_eq!(t.translate(gpa(g)), Some(frame));
