@@ -13,9 +13,10 @@ pub const FRAME_SIZE: usize = 4096;
 /// A source of host-physical frames, used by instance so each VM can have its
 /// own pool.
 ///
-/// The table asks it for zero or more frames per operation, frees them when
-/// tables become empty or on drop, and reaches frame contents through
-/// [`FrameAllocator::phys_to_virt`].
+/// The table asks it for zero or more frames per operation, gives them back
+/// once a table it unlinked is past the caller's flush (see
+/// `NestedPageTable::complete`) or on drop, and reaches frame contents
+/// through [`FrameAllocator::phys_to_virt`].
 ///
 /// # Safety
 ///

@@ -11,7 +11,7 @@
 //! and `Drop`.
 
 use gpa_types::PageSize;
-use npt_entry::{ENTRIES_PER_TABLE, GenericPTE, NestedEntry, NptFormat};
+use npt_entry::{ENTRIES_PER_TABLE, EntryKind, GenericPTE, NestedEntry, NptFormat};
 
 use crate::flush::TlbFlush;
 use crate::frames::FrameAllocator;
@@ -48,9 +48,19 @@ pub(crate) enum Tables {
 pub(crate) trait Visit<E> {
     /// What happens to the tables below the walk's start.
     const TABLES: Tables = Tables::Keep;
+    /// Whether the walk reads the entries of last-level tables (a walk that
+    /// only releases tables as the table is dropped does not).
+    const LEAVES: bool = true;
 
     /// A leaf of `size` starting at `base` overlaps the range in `[lo, hi)`.
     fn leaf(&mut self, base: usize, size: PageSize, lo: usize, hi: usize, entry: E) -> LeafAct<E>;
+
+    /// A 4 KiB leaf at `gpa`, read from a last-level table, wholly inside
+    /// the range: the tight loop's call, which a visitor may specialise.
+    #[inline(always)]
+    fn small_leaf(&mut self, gpa: usize, entry: E) -> LeafAct<E> {
+        self.leaf(gpa, PageSize::Size4K, gpa, gpa + PageSize::Size4K.bytes(), entry)
+    }
 
     /// An entry that maps nothing covers `[lo, hi)` of the range. Returns
     /// whether to stop.
@@ -89,11 +99,13 @@ impl<'a> Ctx<'a> {
     }
 }
 
-/// Keeps every leaf and releases every table: the walk of `Drop`.
+/// Releases every table without reading the last level: the walk of
+/// `Drop`.
 struct ReleaseAll;
 
 impl<E> Visit<E> for ReleaseAll {
     const TABLES: Tables = Tables::ReleaseAll;
+    const LEAVES: bool = false;
 
     #[inline(always)]
     fn leaf(&mut self, _: usize, _: PageSize, _: usize, _: usize, _: E) -> LeafAct<E> {
@@ -267,9 +279,11 @@ impl<F: NptFormat, A: FrameAllocator> Tree<'_, F, A> {
         ctx: &mut Ctx<'_>,
     ) -> bool {
         const SHIFT: u32 = PageSize::Size4K.shift();
+        if !V::LEAVES {
+            return false;
+        }
         let release = V::TABLES == Tables::ReleaseAll;
-        let level = F::LEVELS - 1;
-        let first = F::index(start, level);
+        let first = F::index(start, F::LEVELS - 1);
         let count = (end - start) >> SHIFT;
         let mut changed = false;
         let mut removed = 0usize;
@@ -278,15 +292,16 @@ impl<F: NptFormat, A: FrameAllocator> Tree<'_, F, A> {
         for (i, idx) in (first..first + count).enumerate() {
             let entry = table.get(idx);
             let gpa = start + (i << SHIFT);
-            let Step::Leaf(_) = self.step(entry, level) else {
+            // At the last level every valid entry is a 4 KiB leaf.
+            if entry.kind(true) != EntryKind::Leaf {
                 left |= entry.raw() != 0;
                 if v.empty(gpa, gpa + (1 << SHIFT)) {
                     ctx.stopped = true;
                     break;
                 }
                 continue;
-            };
-            match v.leaf(gpa, PageSize::Size4K, gpa, gpa + (1 << SHIFT), entry) {
+            }
+            match v.small_leaf(gpa, entry) {
                 LeafAct::Set(new) if new.raw() != entry.raw() => {
                     table.set(idx, new);
                     changed = true;

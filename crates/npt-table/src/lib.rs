@@ -2,18 +2,26 @@
 //! [`npt_entry`]: Intel EPT, AMD NPT, AArch64 stage 2 and RISC-V G-stage.
 //!
 //! [`NestedPageTable<F, A>`] is generic over the format `F` (its geometry and
-//! entry encoding) and the frame allocator `A`. The walk is written once;
-//! formats differ only in numbers and bits.
+//! entry encoding) and the frame allocator `A`. Formats differ only in
+//! numbers and bits; the walk is written once, in two pieces that every
+//! operation uses: a point walk (one step function, parameterised by what it
+//! records: nothing for `translate`, the directory for a [`Cursor`], the
+//! path for writers, who then act where it ended, descend further or prune
+//! on the way back up), and a range walk (pre-order over the entries of a
+//! range, driven by a visitor that keeps, replaces or splits each leaf, with
+//! a tight loop at the last level, parking emptied tables on the way up).
 //!
 //! - Single pages: [`map`](NestedPageTable::map), [`unmap`](NestedPageTable::unmap),
 //!   [`protect`](NestedPageTable::protect), [`remap`](NestedPageTable::remap),
-//!   [`query`](NestedPageTable::query).
+//!   [`query`](NestedPageTable::query), and [`entry`](NestedPageTable::entry),
+//!   a handle on where one walk ended ([`Entry::Vacant`] or [`Entry::Leaf`]).
 //! - Ranges: [`map_region`](NestedPageTable::map_region) (huge leaves where
 //!   alignment allows), [`map_frames`](NestedPageTable::map_frames),
 //!   [`unmap_region`](NestedPageTable::unmap_region) and
 //!   [`protect_region`](NestedPageTable::protect_region) (splitting huge
 //!   leaves at the edges), [`harvest`](NestedPageTable::harvest) of
 //!   accessed/dirty bits, [`write_protect_region`](NestedPageTable::write_protect_region),
+//!   [`mappings`](NestedPageTable::mappings) (an iterator of merged runs),
 //!   [`for_each_mapping`](NestedPageTable::for_each_mapping),
 //!   [`collapse`](NestedPageTable::collapse).
 //! - Every operation is all-or-nothing: frames are counted and taken before
@@ -21,6 +29,14 @@
 //!   table as it was and leaks nothing.
 //! - TLB maintenance stays with the caller: mutating operations return a
 //!   `#[must_use]` [`TlbFlush`] naming what became stale.
+//! - Frames wait for the flush: table frames a change unlinks are parked in
+//!   the table and go back to the allocator only when the caller hands the
+//!   record back with [`complete`](NestedPageTable::complete) (or
+//!   [`complete_all`](NestedPageTable::complete_all) after a full flush), so
+//!   no vCPU's stale TLB or paging-structure cache can reach a frame that
+//!   has a new owner.
+//! - Every table frame, the root included, must lie below the table's
+//!   physical width ([`NptError::TableFrameOutOfRange`]).
 //!
 //! ```
 //! use npt_table::{HostFrameAllocator, MapPolicy, NestedPageTable};
@@ -35,6 +51,8 @@
 //! assert!(!flush.is_empty());
 //! assert_eq!(table.query(0x8010_1000.into())?.size, PageSize::Size4K);
 //! assert!(table.query(0x8010_0000.into()).is_err());
+//! // HFENCE.GVMA what `flush` names on every hart, then:
+//! table.complete(flush);
 //! drop(table);
 //! assert_eq!(alloc.live_frames(), 0);
 //! # Ok::<(), npt_table::NptError>(())

@@ -61,6 +61,11 @@ impl<E: NestedEntry, L: FnMut(PageSize, E) -> E> Visit<E> for Change<L> {
             LeafAct::Split
         }
     }
+
+    #[inline(always)]
+    fn small_leaf(&mut self, _: usize, entry: E) -> LeafAct<E> {
+        LeafAct::Set((self.leaf)(PageSize::Size4K, entry))
+    }
 }
 
 /// Calls a function for each leaf the range overlaps, changing nothing.
@@ -131,7 +136,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             F::Entry::new_page(0.into(), flags, false),
             F::Entry::new_page(0.into(), flags, true),
         ];
-        self.change(gpa, end, |size, entry| {
+        self.change(gpa, end, move |size, entry| {
             entry.with_flags_of(templates[size.is_huge() as usize])
         })
     }
@@ -141,7 +146,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// write-protection). Huge leaves at the edges are split.
     pub fn write_protect_region(&mut self, gpa: GuestPhysAddr, len: usize) -> NptResult<TlbFlush> {
         let end = Self::check_gpa_range(gpa, len, PageSize::Size4K.bytes())?;
-        self.change(gpa, end, |size, entry| {
+        self.change(gpa, end, move |size, entry| {
             entry.write_protected(size.is_huge())
         })
     }

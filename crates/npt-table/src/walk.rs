@@ -58,6 +58,8 @@ pub(crate) struct Slot<E> {
     pub(crate) idx: usize,
     pub(crate) entry: E,
     pub(crate) step: Step<E>,
+    /// The shift of the slot's level: the offset bits of a leaf there.
+    pub(crate) shift: u32,
 }
 
 impl<E: NestedEntry> Slot<E> {
@@ -65,9 +67,9 @@ impl<E: NestedEntry> Slot<E> {
     #[inline(always)]
     pub(crate) fn hpa(&self, gpa: usize) -> Option<usize> {
         match self.step {
-            Step::Leaf(size) => {
+            Step::Leaf(_) => {
                 let base: usize = self.entry.paddr().into();
-                Some(base + size.offset(gpa))
+                Some(base + (gpa & ((1 << self.shift) - 1)))
             }
             _ => None,
         }
@@ -265,19 +267,29 @@ impl<'a, F: NptFormat, A: FrameAllocator> Tree<'a, F, A> {
             let idx = (gpa >> shift) & mask;
             let entry = table.get(idx);
             let last = is_last::<F>(level);
-            if level < until && !last && entry.kind(false) == EntryKind::Table {
+            let kind = entry.kind(last);
+            if kind == EntryKind::Table && !last && level < until {
                 table = self.child(entry);
                 level += 1;
                 shift -= npt_entry::BITS_PER_LEVEL;
                 mask = npt_entry::ENTRIES_PER_TABLE - 1;
                 continue;
             }
+            let step = match kind {
+                EntryKind::Leaf => match F::leaf_size(level) {
+                    Some(size) => Step::Leaf(size),
+                    None => Step::Empty,
+                },
+                EntryKind::Table if !last => Step::Table(self.child(entry)),
+                _ => Step::Empty,
+            };
             return Slot {
                 table,
                 level,
                 idx,
                 entry,
-                step: self.step(entry, level),
+                step,
+                shift,
             };
         }
     }
