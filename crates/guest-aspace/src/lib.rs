@@ -48,6 +48,7 @@ extern crate std;
 mod config;
 mod dirty;
 mod error;
+pub mod exit;
 mod fault;
 pub mod gva;
 mod memory;
