@@ -119,8 +119,21 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     }
 
     fn write_as(&mut self, gpa: GuestPhysAddr, data: &[u8], purpose: Purpose) -> AspaceResult<()> {
+        // One entry per unpopulated page: the write's length (a caller's
+        // choice) sizes the list, so a refused allocation is `NoMemory`
+        // before anything is populated.
         let mut missing = alloc::vec::Vec::new();
-        self.check_access(gpa.as_usize(), data.len(), purpose, |p| missing.push(p))?;
+        let mut refused = false;
+        self.check_access(gpa.as_usize(), data.len(), purpose, |p| {
+            if missing.try_reserve(1).is_ok() {
+                missing.push(p);
+            } else {
+                refused = true;
+            }
+        })?;
+        if refused {
+            return Err(AspaceError::NoMemory);
+        }
         for page in missing {
             // Populating is invisible to the guest (it would read zeros
             // either way), so pages populated before a failure may stay.

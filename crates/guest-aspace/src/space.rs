@@ -615,6 +615,25 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             let (lo, hi) = (start.max(r.start), end.min(r.end()));
             self.for_each_owned(r, lo, hi, |hpa, frames| owned.push((hpa, frames)));
         }
+        // Dirty logs of the pieces a cut leaves on either side (only the
+        // regions holding `start` and `end - 1` can leave one), allocated
+        // before anything changes.
+        let mut left_log = match self.region_at(start) {
+            Some(r) if r.start < start => r
+                .dirty
+                .as_ref()
+                .map(|d| d.slice(0, (start - r.start) / PAGE))
+                .transpose()?,
+            _ => None,
+        };
+        let mut right_log = match self.region_at(end - 1) {
+            Some(r) if end < r.end() => r
+                .dirty
+                .as_ref()
+                .map(|d| d.slice((end - r.start) / PAGE, (r.end() - end) / PAGE))
+                .transpose()?,
+            _ => None,
+        };
         // Unmap (the only step that can fail: splitting huge leaves of
         // pass-through regions needs frames).
         let flush = match self.table.unmap_region(gpa, len) {
@@ -624,9 +643,12 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         };
         // Then update the bookkeeping, which cannot fail.
         for s in starts {
-            let Some(region) = self.regions.remove(&s) else {
+            let Some(mut region) = self.regions.remove(&s) else {
                 continue;
             };
+            // The pieces' logs were sliced above; the clones below must not
+            // copy the whole bitmap.
+            region.dirty = None;
             let (lo, hi) = (start.max(region.start), end.min(region.end()));
             if region.backing == Backing::AllocIdentical {
                 self.reverse.remove(&region.start);
@@ -639,7 +661,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 let mut left = region.clone();
                 left.size = lo - region.start;
                 left.huge = region.huge.range(..lo).map(|(g, c)| (*g, *c)).collect();
-                left.dirty = region.dirty.as_ref().map(|d| d.slice(0, left.size / PAGE));
+                left.dirty = left_log.take();
                 self.regions.insert(left.start, left);
             }
             if hi < region.end() {
@@ -660,10 +682,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                         passthrough: Some(hpa + (hi - region.start)),
                     };
                 }
-                right.dirty = region
-                    .dirty
-                    .as_ref()
-                    .map(|d| d.slice((hi - region.start) / PAGE, right.size / PAGE));
+                right.dirty = right_log.take();
                 self.regions.insert(right.start, right);
             }
         }
@@ -736,11 +755,15 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             let n = (size.bytes() - size.offset(pos)).min(end - pos);
             match out.last_mut() {
                 Some(last) if last.hpa.as_usize() + last.len == hpa.as_usize() => last.len += n,
-                _ => out.push(HostChunk {
-                    gpa: pos.into(),
-                    hpa,
-                    len: n,
-                }),
+                _ => {
+                    // The range's length (a caller's choice) sizes the list.
+                    out.try_reserve(1).map_err(|_| AspaceError::NoMemory)?;
+                    out.push(HostChunk {
+                        gpa: pos.into(),
+                        hpa,
+                        len: n,
+                    });
+                }
             }
             pos += n;
         }
