@@ -3,15 +3,17 @@
 use gpa_types::{GuestPhysAddr, HostPhysAddr};
 use npt_entry::NptFormat;
 use npt_table::FrameAllocator;
-use spin::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::error::AspaceResult;
 use crate::fault::{Access, FaultOutcome};
+use crate::rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::space::GuestAddrSpace;
 
 /// A [`GuestAddrSpace`] behind a reader-writer spin lock: translations and
 /// guest-memory reads from many vCPUs run concurrently; faults, writes and
-/// region changes take exclusive access.
+/// region changes take exclusive access. The lock ([`RwLock`]) prefers
+/// writers: once a fault waits, no new translation gets in ahead of it, so
+/// it waits only for the translations already running.
 ///
 /// ```
 /// # use guest_aspace::{GuestAddrSpace, SharedAddrSpace};
