@@ -6,6 +6,7 @@ use npt_table::FrameAllocator;
 
 use crate::error::AspaceResult;
 use crate::fault::{Access, FaultOutcome};
+use crate::pod::Pod;
 use crate::rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::space::GuestAddrSpace;
 
@@ -61,6 +62,18 @@ impl<F: NptFormat, A: FrameAllocator> SharedAddrSpace<F, A> {
     /// Reads guest memory under a shared lock.
     pub fn read_bytes(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> AspaceResult<()> {
         self.inner.read().read(gpa, buf)
+    }
+
+    /// Reads a plain-old-data value under a shared lock (see
+    /// [`GuestAddrSpace::read_obj`]).
+    pub fn read_obj<T: Pod>(&self, gpa: GuestPhysAddr) -> AspaceResult<T> {
+        self.inner.read().read_obj(gpa)
+    }
+
+    /// Writes a plain-old-data value under the exclusive lock (a write may
+    /// populate lazy pages; see [`GuestAddrSpace::write_obj`]).
+    pub fn write_obj<T: Pod>(&self, gpa: GuestPhysAddr, value: &T) -> AspaceResult<()> {
+        self.inner.write().write_obj(gpa, value)
     }
 
     /// Handles a fault under the exclusive lock.
