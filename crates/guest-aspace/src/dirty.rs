@@ -8,6 +8,8 @@
 //! re-arms the pages it names; stopping restores permissions and collapses
 //! owned huge backing back into huge leaves.
 
+use alloc::vec::Vec;
+
 use gpa_types::{GuestPhysAddr, MappingFlags, PageSize};
 use npt_entry::NptFormat;
 use npt_table::{FrameAllocator, NptError, TlbFlush};
@@ -40,12 +42,14 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             return Err(AspaceError::WrongRegionState { gpa });
         }
         let (start, size) = (region.start, region.size);
+        // The bitmap first: nothing has changed if the heap refuses it.
+        let log = DirtyLog::new(size / PAGE)?;
         let mut flush = allow_not_mapped(self.table.split_region(start.into(), size))?;
         flush.merge(allow_not_mapped(
             self.table.write_protect_region(start.into(), size),
         )?);
         if let Some(region) = self.regions.get_mut(&start) {
-            region.dirty = Some(DirtyLog::new(size / PAGE));
+            region.dirty = Some(log);
         }
         Ok(flush)
     }
@@ -70,17 +74,17 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 given: out.len(),
             });
         }
+        // Copy out and clear in place: no second bitmap (its size would be
+        // the region's, a caller's choice).
         out.fill(0);
-        let bitmap = core::mem::replace(&mut log.bitmap, alloc::vec![0; pages.div_ceil(64)]);
-        for (dst, word) in out.iter_mut().zip(bitmap.iter()) {
-            *dst = *word;
+        for (dst, word) in out.iter_mut().zip(log.bitmap.iter_mut()) {
+            *dst = core::mem::take(word);
         }
         // Re-arm each run of consecutive dirty pages with one range
         // operation (one descent, every other bit of the leaves kept).
         let mut flush = TlbFlush::none();
         let dirty = |page: usize| {
-            bitmap
-                .get(page / 64)
+            out.get(page / 64)
                 .is_some_and(|w| w & (1 << (page % 64)) != 0)
         };
         let mut page = 0;
@@ -111,8 +115,12 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             return Err(AspaceError::WrongRegionState { gpa });
         }
         let (start, size, flags) = (region.start, region.size, region.flags);
-        let huge: alloc::vec::Vec<(usize, PageSize)> =
-            region.huge.iter().map(|(g, c)| (*g, c.size)).collect();
+        // The owned huge chunks, copied before anything changes (their
+        // number grows with the region's size).
+        let mut huge: Vec<(usize, PageSize)> = Vec::new();
+        huge.try_reserve_exact(region.huge.len())
+            .map_err(|_| AspaceError::NoMemory)?;
+        huge.extend(region.huge.iter().map(|(g, c)| (*g, c.size)));
         let identical = matches!(
             region.backing,
             Backing::Identical | Backing::AllocIdentical | Backing::Linear { .. }
@@ -124,35 +132,42 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         if let Some(region) = self.region_at_mut(start) {
             region.dirty = None;
         }
-        let mut spans = huge;
-        if identical {
-            // Pass-through memory was mapped with the largest leaves its
-            // alignment allowed: collapse every aligned span.
-            for page in [PageSize::Size2M, PageSize::Size1G] {
+        // Every 2 MiB span before any 1 GiB one, so a 1 GiB collapse finds
+        // 2 MiB leaves.
+        for page in [PageSize::Size2M, PageSize::Size1G] {
+            for &(g, _) in huge.iter().filter(|(_, s)| *s == page) {
+                self.collapse_span(g, page, &mut flush);
+            }
+            if identical {
+                // Pass-through memory was mapped with the largest leaves its
+                // alignment allowed: collapse every aligned span, generated
+                // here rather than listed (their number is the region's
+                // size over 2 MiB).
                 let mut pos = page.checked_align_up(start).unwrap_or(usize::MAX);
                 while pos.saturating_add(page.bytes()) <= start + size {
-                    spans.push((pos, page));
+                    self.collapse_span(pos, page, &mut flush);
                     pos += page.bytes();
                 }
             }
         }
-        // 2 MiB spans before 1 GiB ones, so a 1 GiB collapse finds 2 MiB leaves.
-        spans.sort_by_key(|(g, s)| (*s, *g));
-        for (g, page) in spans {
-            if page == PageSize::Size1G {
-                let mut sub = g;
-                while sub < g + page.bytes() {
-                    if let Ok(c) = self.table.collapse(sub.into(), PageSize::Size2M) {
-                        flush.merge(c.flush);
-                    }
-                    sub += PageSize::Size2M.bytes();
+        Ok(flush)
+    }
+
+    /// Collapses the span of `page` bytes at `g` into one leaf (a 1 GiB span
+    /// through its 2 MiB spans first) where the table allows.
+    fn collapse_span(&mut self, g: usize, page: PageSize, flush: &mut TlbFlush) {
+        if page == PageSize::Size1G {
+            let mut sub = g;
+            while sub < g + page.bytes() {
+                if let Ok(c) = self.table.collapse(sub.into(), PageSize::Size2M) {
+                    flush.merge(c.flush);
                 }
-            }
-            if let Ok(c) = self.table.collapse(g.into(), page) {
-                flush.merge(c.flush);
+                sub += PageSize::Size2M.bytes();
             }
         }
-        Ok(flush)
+        if let Ok(c) = self.table.collapse(g.into(), page) {
+            flush.merge(c.flush);
+        }
     }
 
     /// Marks the page at `page` dirty if its region is logging.

@@ -11,6 +11,7 @@ use npt_entry::NptFormat;
 use npt_table::FrameAllocator;
 
 use crate::error::{AspaceError, AspaceResult};
+use crate::pod::Pod;
 use crate::region::Backing;
 use crate::space::GuestAddrSpace;
 
@@ -126,6 +127,54 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         Ok(())
     }
 
+    /// Reads a plain-old-data value at `gpa` (any alignment; the value may
+    /// span pages and regions of host-accessible RAM). The bytes are taken
+    /// as they lie in guest memory, in the host's byte order (the
+    /// `read_u32` family reads little-endian). The value is a copy: nothing
+    /// refers into guest memory after the call.
+    ///
+    /// ```
+    /// # use guest_aspace::GuestAddrSpace;
+    /// # use npt_table::HostFrameAllocator;
+    /// # use npt_entry::ept::Ept4;
+    /// # use gpa_types::{GuestPhysAddr, GuestPhysAddrRange, MappingFlags};
+    /// # let alloc = HostFrameAllocator::new();
+    /// # let window = GuestPhysAddrRange::from_start_size(0.into(), 1 << 32);
+    /// # let mut space = GuestAddrSpace::<Ept4, _>::new(&alloc, window).unwrap();
+    /// # space.add_ram(0x10_0000.into(), 0x2000, MappingFlags::READ | MappingFlags::WRITE, true).unwrap().ignore();
+    /// // A descriptor straddling two pages.
+    /// let at = GuestPhysAddr::from(0x10_0ffa);
+    /// space.write_obj(at, &[0x1234u16, 0x5678, 0x9abc, 0xdef0])?;
+    /// assert_eq!(space.read_obj::<[u16; 4]>(at)?, [0x1234, 0x5678, 0x9abc, 0xdef0]);
+    /// # Ok::<(), guest_aspace::AspaceError>(())
+    /// ```
+    ///
+    /// Types with padding or invalid bit patterns are not [`Pod`]:
+    ///
+    /// ```compile_fail
+    /// # use guest_aspace::GuestAddrSpace;
+    /// # use npt_table::HostFrameAllocator;
+    /// # use npt_entry::ept::Ept4;
+    /// # use gpa_types::GuestPhysAddrRange;
+    /// # let alloc = HostFrameAllocator::new();
+    /// # let window = GuestPhysAddrRange::from_start_size(0.into(), 1 << 32);
+    /// # let space = GuestAddrSpace::<Ept4, _>::new(&alloc, window).unwrap();
+    /// let flag: bool = space.read_obj(0x1000.into()).unwrap();
+    /// ```
+    pub fn read_obj<T: Pod>(&self, gpa: GuestPhysAddr) -> AspaceResult<T> {
+        // SAFETY: the all-zero bit pattern is a valid `T` (`Pod`).
+        let mut value: T = unsafe { core::mem::zeroed() };
+        self.read(gpa, crate::pod::bytes_of_mut(&mut value))?;
+        Ok(value)
+    }
+
+    /// Writes a plain-old-data value at `gpa`, as [`GuestAddrSpace::write`]
+    /// writes its bytes (host byte order; lazy pages populated first;
+    /// marked dirty while logging; not to ROM).
+    pub fn write_obj<T: Pod>(&mut self, gpa: GuestPhysAddr, value: &T) -> AspaceResult<()> {
+        self.write(gpa, crate::pod::bytes_of(value))
+    }
+
     /// Writes `data` at `gpa` (not to ROM: see
     /// [`GuestAddrSpace::load_image`]). Lazy pages are populated first, so
     /// nothing is written unless everything can be.
@@ -139,8 +188,21 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     }
 
     fn write_as(&mut self, gpa: GuestPhysAddr, data: &[u8], purpose: Purpose) -> AspaceResult<()> {
+        // One entry per unpopulated page: the write's length (a caller's
+        // choice) sizes the list, so a refused allocation is `NoMemory`
+        // before anything is populated.
         let mut missing = alloc::vec::Vec::new();
-        self.check_access(gpa.as_usize(), data.len(), purpose, |p| missing.push(p))?;
+        let mut refused = false;
+        self.check_access(gpa.as_usize(), data.len(), purpose, |p| {
+            if missing.try_reserve(1).is_ok() {
+                missing.push(p);
+            } else {
+                refused = true;
+            }
+        })?;
+        if refused {
+            return Err(AspaceError::NoMemory);
+        }
         for page in missing {
             // Populating is invisible to the guest (it would read zeros
             // either way), so pages populated before a failure may stay.

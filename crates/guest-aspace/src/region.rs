@@ -5,6 +5,8 @@ use alloc::vec::Vec;
 
 use gpa_types::{GuestPhysAddrRange, HostPhysAddr, MappingFlags, PageSize};
 
+use crate::error::{AspaceError, AspaceResult};
+
 /// How a region is backed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backing {
@@ -86,15 +88,22 @@ pub(crate) struct DirtyLog {
 }
 
 impl DirtyLog {
-    pub(crate) fn new(pages: usize) -> Self {
-        Self {
-            bitmap: alloc::vec![0; pages.div_ceil(64)],
-        }
+    /// An empty log of `pages` pages. The bitmap's size is the region's, a
+    /// caller's choice: an allocation the heap refuses is
+    /// [`AspaceError::NoMemory`], never an abort.
+    pub(crate) fn new(pages: usize) -> AspaceResult<Self> {
+        let words = pages.div_ceil(64);
+        let mut bitmap = Vec::new();
+        bitmap
+            .try_reserve_exact(words)
+            .map_err(|_| AspaceError::NoMemory)?;
+        bitmap.resize(words, 0);
+        Ok(Self { bitmap })
     }
 
     /// The log of `pages` pages starting at page `first` of this one.
-    pub(crate) fn slice(&self, first: usize, pages: usize) -> Self {
-        let mut out = Self::new(pages);
+    pub(crate) fn slice(&self, first: usize, pages: usize) -> AspaceResult<Self> {
+        let mut out = Self::new(pages)?;
         for page in 0..pages {
             let src = first + page;
             let set = self
@@ -105,7 +114,7 @@ impl DirtyLog {
                 out.mark(page);
             }
         }
-        out
+        Ok(out)
     }
 
     pub(crate) fn mark(&mut self, page: usize) {

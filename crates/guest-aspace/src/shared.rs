@@ -3,15 +3,18 @@
 use gpa_types::{GuestPhysAddr, HostPhysAddr};
 use npt_entry::NptFormat;
 use npt_table::FrameAllocator;
-use spin::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::error::AspaceResult;
 use crate::fault::{Access, FaultOutcome};
+use crate::pod::Pod;
+use crate::rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::space::GuestAddrSpace;
 
 /// A [`GuestAddrSpace`] behind a reader-writer spin lock: translations and
 /// guest-memory reads from many vCPUs run concurrently; faults, writes and
-/// region changes take exclusive access.
+/// region changes take exclusive access. The lock ([`RwLock`]) prefers
+/// writers: once a fault waits, no new translation gets in ahead of it, so
+/// it waits only for the translations already running.
 ///
 /// ```
 /// # use guest_aspace::{GuestAddrSpace, SharedAddrSpace};
@@ -59,6 +62,18 @@ impl<F: NptFormat, A: FrameAllocator> SharedAddrSpace<F, A> {
     /// Reads guest memory under a shared lock.
     pub fn read_bytes(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> AspaceResult<()> {
         self.inner.read().read(gpa, buf)
+    }
+
+    /// Reads a plain-old-data value under a shared lock (see
+    /// [`GuestAddrSpace::read_obj`]).
+    pub fn read_obj<T: Pod>(&self, gpa: GuestPhysAddr) -> AspaceResult<T> {
+        self.inner.read().read_obj(gpa)
+    }
+
+    /// Writes a plain-old-data value under the exclusive lock (a write may
+    /// populate lazy pages; see [`GuestAddrSpace::write_obj`]).
+    pub fn write_obj<T: Pod>(&self, gpa: GuestPhysAddr, value: &T) -> AspaceResult<()> {
+        self.inner.write().write_obj(gpa, value)
     }
 
     /// Handles a fault under the exclusive lock.

@@ -639,14 +639,36 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         // Owned backing inside the range, read off while the table still
         // maps it.
         let owned = self.collect_owned(starts.iter().map(|&s| (s, start, end)))?;
+        // Dirty logs of the pieces a cut leaves on either side (only the
+        // regions holding `start` and `end - 1` can leave one), allocated
+        // before anything changes.
+        let mut left_log = match self.region_at(start) {
+            Some(r) if r.start < start => r
+                .dirty
+                .as_ref()
+                .map(|d| d.slice(0, (start - r.start) / PAGE))
+                .transpose()?,
+            _ => None,
+        };
+        let mut right_log = match self.region_at(end - 1) {
+            Some(r) if end < r.end() => r
+                .dirty
+                .as_ref()
+                .map(|d| d.slice((end - r.start) / PAGE, (r.end() - end) / PAGE))
+                .transpose()?,
+            _ => None,
+        };
         // Unmap (the only step that can fail: splitting huge leaves of
         // pass-through regions needs frames).
         let mut flush = self.unmap_parking(gpa, len, owned.len())?;
         // Then update the bookkeeping, which cannot fail.
         for s in starts {
-            let Some(region) = self.regions.remove(&s) else {
+            let Some(mut region) = self.regions.remove(&s) else {
                 continue;
             };
+            // The pieces' logs were sliced above; the clones below must not
+            // copy the whole bitmap.
+            region.dirty = None;
             let (lo, hi) = (start.max(region.start), end.min(region.end()));
             if region.backing == Backing::AllocIdentical {
                 self.reverse.remove(&region.start);
@@ -659,7 +681,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 let mut left = region.clone();
                 left.size = lo - region.start;
                 left.huge = region.huge.range(..lo).map(|(g, c)| (*g, *c)).collect();
-                left.dirty = region.dirty.as_ref().map(|d| d.slice(0, left.size / PAGE));
+                left.dirty = left_log.take();
                 self.regions.insert(left.start, left);
             }
             if hi < region.end() {
@@ -680,10 +702,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                         passthrough: Some(hpa + (hi - region.start)),
                     };
                 }
-                right.dirty = region
-                    .dirty
-                    .as_ref()
-                    .map(|d| d.slice((hi - region.start) / PAGE, right.size / PAGE));
+                right.dirty = right_log.take();
                 self.regions.insert(right.start, right);
             }
         }

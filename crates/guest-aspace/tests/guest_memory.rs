@@ -248,3 +248,104 @@ fn edge_cases() {
         );
     }
 }
+
+/// A guest descriptor type, as a hypervisor would declare it: `#[repr(C)]`,
+/// no padding (8 + 4 + 2 + 2 bytes), every bit pattern valid.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Desc {
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+}
+
+// SAFETY: `#[repr(C)]` with `Pod` fields and no padding (16 bytes, align 8);
+// every bit pattern of each field is valid.
+unsafe impl guest_aspace::Pod for Desc {}
+
+#[test]
+fn objects_round_trip_at_any_alignment_and_across_pages() {
+    let alloc = HostFrameAllocator::new();
+    let mut s = setup(&alloc);
+    // Unaligned u64 straddling the eager RAM's two 2 MiB frames.
+    let edge = EAGER + M2;
+    s.write_obj(gpa(edge - 3), &0x0102_0304_0506_0708u64)
+        .unwrap();
+    assert_eq!(s.read_obj::<u64>(gpa(edge - 3)), Ok(0x0102_0304_0506_0708));
+    let mut raw = [0u8; 8];
+    s.read(gpa(edge - 3), &mut raw).unwrap();
+    assert_eq!(raw, 0x0102_0304_0506_0708u64.to_ne_bytes());
+    // An odd-sized array straddling two lazy pages (populated on write).
+    let arr: [u16; 5] = [1, 2, 3, 0xfffe, 0x8000];
+    s.write_obj(gpa(LAZY + K4 - 5), &arr).unwrap();
+    assert_eq!(s.read_obj::<[u16; 5]>(gpa(LAZY + K4 - 5)), Ok(arr));
+    // A descriptor across the eager/lazy region boundary.
+    let d = Desc {
+        addr: 0xdead_beef_0000_1000,
+        len: 0x600,
+        flags: 3,
+        next: 7,
+    };
+    s.write_obj(gpa(LAZY - 8), &d).unwrap();
+    assert_eq!(s.read_obj::<Desc>(gpa(LAZY - 8)), Ok(d));
+    // Signed, float and nested arrays.
+    s.write_obj(gpa(EAGER + 0x101), &-5i32).unwrap();
+    assert_eq!(s.read_obj::<i32>(gpa(EAGER + 0x101)), Ok(-5));
+    s.write_obj(gpa(EAGER + 0x201), &[[1.5f64, -0.25]; 2])
+        .unwrap();
+    assert_eq!(
+        s.read_obj::<[[f64; 2]; 2]>(gpa(EAGER + 0x201)),
+        Ok([[1.5, -0.25]; 2])
+    );
+}
+
+#[test]
+fn objects_obey_the_byte_apis_rules() {
+    let alloc = HostFrameAllocator::new();
+    let mut s = setup(&alloc);
+    // Unpopulated lazy RAM reads as zeros and allocates nothing.
+    let frames = alloc.live_frames();
+    assert_eq!(s.read_obj::<[u64; 2]>(gpa(LAZY + 3 * K4)), Ok([0, 0]));
+    assert_eq!(alloc.live_frames(), frames);
+    // MMIO, the hole and ROM writes fail before anything is written.
+    assert_eq!(
+        s.read_obj::<u32>(gpa(MMIO)),
+        Err(AspaceError::NotRam { gpa: gpa(MMIO) })
+    );
+    assert_eq!(
+        s.write_obj(gpa(MMIO - 2), &0xffff_ffffu32),
+        Err(AspaceError::NotRam { gpa: gpa(MMIO) })
+    );
+    assert_eq!(s.read_obj::<u16>(gpa(MMIO - 2)), Ok(0));
+    assert_eq!(
+        s.write_obj(gpa(ROM), &1u8),
+        Err(AspaceError::NotRam { gpa: gpa(ROM) })
+    );
+    // A value past the end of the address space.
+    assert!(s.read_obj::<u64>(gpa(usize::MAX - 3)).is_err());
+    // Zero-sized values touch nothing.
+    assert_eq!(s.read_obj::<[u8; 0]>(gpa(HOLE)), Ok([]));
+}
+
+#[test]
+fn shared_space_reads_and_writes_objects() {
+    let alloc = HostFrameAllocator::new();
+    let shared = guest_aspace::SharedAddrSpace::new(setup(&alloc));
+    std::thread::scope(|scope| {
+        for t in 0..2usize {
+            let shared = &shared;
+            scope.spawn(move || {
+                for i in 0..8usize {
+                    let g = gpa(LAZY + (t * 8 + i) * K4 + 6);
+                    shared.write_obj(g, &[t as u32, i as u32]).unwrap();
+                    assert_eq!(shared.read_obj::<[u32; 2]>(g), Ok([t as u32, i as u32]));
+                }
+            });
+        }
+    });
+    assert_eq!(
+        shared.read_obj::<[u32; 2]>(gpa(LAZY + 9 * K4 + 6)),
+        Ok([1, 1])
+    );
+}

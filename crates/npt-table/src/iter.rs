@@ -59,7 +59,13 @@ pub(crate) trait Visit<E> {
     /// the range: the tight loop's call, which a visitor may specialise.
     #[inline(always)]
     fn small_leaf(&mut self, gpa: usize, entry: E) -> LeafAct<E> {
-        self.leaf(gpa, PageSize::Size4K, gpa, gpa + PageSize::Size4K.bytes(), entry)
+        self.leaf(
+            gpa,
+            PageSize::Size4K,
+            gpa,
+            gpa + PageSize::Size4K.bytes(),
+            entry,
+        )
     }
 
     /// An entry that maps nothing covers `[lo, hi)` of the range. Returns

@@ -4,6 +4,8 @@
 use core::arch::{asm, global_asm};
 
 use guest_aspace::Access;
+use guest_aspace::exit::arm as abort;
+use guest_aspace::exit::{ExitDecodeError, ExitFault, FaultOrigin};
 use npt_table::TlbFlush;
 
 use crate::scenario::Exit;
@@ -206,29 +208,59 @@ impl Vcpu {
                  out(reg) esr, out(reg) far, out(reg) hpfar)
         };
         self.esr = esr;
-        let ec = esr >> 26;
-        match ec {
-            // HVC from AArch64.
-            0x16 => Exit::Done(self.ctx.x[0]),
-            // Instruction / data abort from a lower EL.
-            0x20 | 0x24 => {
-                let gpa = (((hpfar >> 4) & 0xff_ffff_ffff) << 12) | (far & 0xfff);
-                let access = if ec == 0x20 {
-                    Access::Execute
-                } else if esr & (1 << 6) != 0 {
-                    Access::Write
-                } else {
-                    Access::Read
-                };
-                Exit::Fault {
-                    gpa: gpa as usize,
-                    access,
-                    code: esr & 0x3f,
+        // HVC from AArch64 (ESR_EL2.EC 0x16): the guest is done.
+        if esr >> 26 == 0x16 {
+            return Exit::Done(self.ctx.x[0]);
+        }
+        let fault = match abort::decode_abort(esr, far, hpfar) {
+            Ok(f) => f,
+            // A stage-2 Permission fault leaves HPFAR_EL2 UNKNOWN: translate
+            // FAR_EL2 through the guest's stage 1 instead.
+            Err(ExitDecodeError::AddressNotReported { .. }) => {
+                match abort::ipa_from_par(translate_s1e1r(far), far) {
+                    Ok(gpa) => ExitFault {
+                        gpa,
+                        // Only Data Aborts reach here with a write; an
+                        // Instruction Abort is a fetch.
+                        access: if esr >> 26 == abort::EC_IABT_LOW {
+                            Access::Execute
+                        } else if esr & (1 << abort::ISS_WNR) != 0 {
+                            Access::Write
+                        } else {
+                            Access::Read
+                        },
+                        origin: FaultOrigin::GuestAccess,
+                    },
+                    Err(_) => return Exit::Other(esr, self.ctx.elr, far),
                 }
             }
-            _ => Exit::Other(esr, self.ctx.elr, far),
+            Err(_) => return Exit::Other(esr, self.ctx.elr, far),
+        };
+        Exit::Fault {
+            gpa: fault.gpa.as_usize(),
+            access: fault.access,
+            code: esr & 0x3f,
         }
     }
+}
+
+/// `AT S1E1R` of `va` through the guest's EL1&0 stage 1: PAR_EL1, which is
+/// saved and restored around it.
+fn translate_s1e1r(va: u64) -> u64 {
+    let par: u64;
+    // SAFETY: AT only writes PAR_EL1, which is put back; the guest's stage-1
+    // registers are still loaded since the exit.
+    unsafe {
+        asm!(
+            "mrs {saved}, par_el1",
+            "at s1e1r, {va}",
+            "isb",
+            "mrs {par}, par_el1",
+            "msr par_el1, {saved}",
+            va = in(reg) va, saved = out(reg) _, par = out(reg) par,
+        )
+    };
+    par
 }
 
 impl crate::scenario::Vcpu for Vcpu {

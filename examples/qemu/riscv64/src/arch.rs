@@ -3,7 +3,7 @@
 
 use core::arch::{asm, global_asm};
 
-use guest_aspace::Access;
+use guest_aspace::exit::riscv::decode_guest_page_fault;
 use npt_table::TlbFlush;
 
 use crate::scenario::Exit;
@@ -125,24 +125,23 @@ impl Vcpu {
             );
             enter_guest(&mut self.ctx);
         }
-        let (scause, stval, htval): (u64, u64, u64);
+        let (scause, stval, htval, htinst): (u64, u64, u64, u64);
         // SAFETY: reading trap CSRs has no side effects.
         unsafe {
-            asm!("csrr {}, scause", "csrr {}, stval", "csrr {}, 0x643", out(reg) scause, out(reg) stval, out(reg) htval)
+            asm!("csrr {}, scause", "csrr {}, stval", "csrr {}, 0x643", "csrr {}, 0x64a",
+                 out(reg) scause, out(reg) stval, out(reg) htval, out(reg) htinst)
         };
-        let access = match scause {
-            10 => return Exit::Done(self.ctx.x[10]),
-            20 => Access::Execute,
-            21 => Access::Read,
-            23 => Access::Write,
-            _ => return Exit::Other(scause, self.ctx.sepc, stval),
-        };
-        // htval holds the faulting GPA shifted right by 2; stval the low bits.
-        let gpa = (htval << 2) | (stval & 3);
-        Exit::Fault {
-            gpa: gpa as usize,
-            access,
-            code: scause,
+        // ecall from VS-mode: the guest is done.
+        if scause == 10 {
+            return Exit::Done(self.ctx.x[10]);
+        }
+        match decode_guest_page_fault(scause, stval, htval, Some(htinst)) {
+            Ok(fault) => Exit::Fault {
+                gpa: fault.gpa.as_usize(),
+                access: fault.access,
+                code: scause,
+            },
+            Err(_) => Exit::Other(scause, self.ctx.sepc, stval),
         }
     }
 }
