@@ -140,7 +140,7 @@ impl<F: NptFormat, A: FrameAllocator> Cursor<'_, F, A> {
         if !F::gpa_in_range(gpa) {
             return None;
         }
-        let (hpa, _) = self.lookup(gpa.as_usize()).translate(gpa.as_usize())?;
+        let hpa = self.lookup(gpa.as_usize()).hpa(gpa.as_usize())?;
         Some(HostPhysAddr::from_usize(hpa))
     }
 }
