@@ -1,7 +1,7 @@
 //! A read-only cursor that keeps its walk path, and batched translation.
 
 use gpa_types::{GuestPhysAddr, HostPhysAddr};
-use npt_entry::{GenericPTE, NptFormat};
+use npt_entry::NptFormat;
 
 use crate::error::{NptError, NptResult};
 use crate::frames::FrameAllocator;
@@ -123,15 +123,7 @@ impl<F: NptFormat, A: FrameAllocator> Cursor<'_, F, A> {
                 gpa_bits: F::GPA_BITS,
             });
         }
-        let slot = self.lookup(gpa.as_usize());
-        let (hpa, size) = slot
-            .translate(gpa.as_usize())
-            .ok_or(NptError::NotMapped { gpa })?;
-        Ok(Translation {
-            hpa: HostPhysAddr::from_usize(hpa),
-            flags: slot.entry.flags(),
-            size,
-        })
+        self.lookup(gpa.as_usize()).query(gpa)
     }
 
     /// The host address `gpa` maps to, if any.

@@ -287,21 +287,28 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             }
             needed = needed.saturating_add(tables);
         });
+        let (flush, _) = self.walk_with_stash(needed, start, end, &mut SplitAll)?;
+        Ok(flush)
+    }
+
+    /// Takes `needed` table frames, walks `[start, end)` from the root with
+    /// `v`, gives back what is left. Returns the record and whether a leaf
+    /// changed.
+    fn walk_with_stash<V: Visit<F::Entry>>(
+        &mut self,
+        needed: usize,
+        start: usize,
+        end: usize,
+        v: &mut V,
+    ) -> NptResult<(TlbFlush, bool)> {
         let mut stash = self.take_stash(needed)?;
         let mut flush = TlbFlush::none();
         let mut ctx = Ctx::new(&mut flush, Some(&mut stash));
         let (tree, books) = self.parts();
-        tree.walk_range(
-            books,
-            tree.root_table(),
-            0,
-            start,
-            end,
-            &mut SplitAll,
-            &mut ctx,
-        );
+        tree.walk_range(books, tree.root_table(), 0, start, end, v, &mut ctx);
+        let changed = ctx.changed;
         stash.give_back(&self.alloc);
-        Ok(flush)
+        Ok((flush, changed))
     }
 
     /// Read-only walk: `f(lo, hi, size, entry)` for each leaf overlapping
@@ -336,23 +343,11 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             return Err(NptError::NotMapped { gpa });
         }
         let needed = self.splits_at(start) + self.splits_at(end);
-        let mut stash = self.take_stash(needed)?;
-        let mut flush = TlbFlush::none();
-        let mut ctx = Ctx::new(&mut flush, Some(&mut stash));
-        let (tree, books) = self.parts();
-        tree.walk_range(
-            books,
-            tree.root_table(),
-            0,
-            start,
-            end,
-            &mut Change { leaf },
-            &mut ctx,
-        );
-        if ctx.changed {
+        let (mut flush, changed) =
+            self.walk_with_stash(needed, start, end, &mut Change { leaf })?;
+        if changed {
             flush.add(start, end - start);
         }
-        stash.give_back(&self.alloc);
         Ok(flush)
     }
 

@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use core::marker::PhantomData;
 
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
-use npt_entry::{GenericPTE, NptFormat};
+use npt_entry::NptFormat;
 
 use crate::entry::{Entry, LeafEntry};
 use crate::error::{NptError, NptResult};
@@ -386,15 +386,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                 gpa_bits: F::GPA_BITS,
             });
         }
-        let slot = self.tree().walk(gpa.as_usize(), &mut ());
-        let (hpa, size) = slot
-            .translate(gpa.as_usize())
-            .ok_or(NptError::NotMapped { gpa })?;
-        Ok(Translation {
-            hpa: HostPhysAddr::from_usize(hpa),
-            flags: slot.entry.flags(),
-            size,
-        })
+        self.tree().walk(gpa.as_usize(), &mut ()).query(gpa)
     }
 
     /// The host address `gpa` maps to, if any.

@@ -16,7 +16,10 @@ use npt_entry::{EntryKind, GenericPTE, NestedEntry, NptFormat};
 
 use core::marker::PhantomData;
 
-use gpa_types::HostPhysAddr;
+use gpa_types::{GuestPhysAddr, HostPhysAddr};
+
+use crate::error::{NptError, NptResult};
+use crate::table::Translation;
 
 use crate::flush::TlbFlush;
 use crate::frames::FrameAllocator;
@@ -73,6 +76,20 @@ impl<E: NestedEntry> Slot<E> {
             }
             _ => None,
         }
+    }
+
+    /// What the leaf maps at `gpa` ([`NptError::NotMapped`] when the walk
+    /// did not end at a leaf): the one body of `query`.
+    #[inline(always)]
+    pub(crate) fn query(&self, gpa: GuestPhysAddr) -> NptResult<Translation> {
+        let (hpa, size) = self
+            .translate(gpa.as_usize())
+            .ok_or(NptError::NotMapped { gpa })?;
+        Ok(Translation {
+            hpa: HostPhysAddr::from_usize(hpa),
+            flags: self.entry.flags(),
+            size,
+        })
     }
 
     /// The leaf's host address for `gpa` and its size, if the walk ended
