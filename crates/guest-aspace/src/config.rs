@@ -133,7 +133,7 @@ fn placement_of(
                 NptError::ZeroLength => ConfigField::Size,
                 NptError::GpaNotAligned { value, .. } => base_or_size(value),
                 NptError::HpaNotAligned { hpa, .. } => base_or_size(hpa.as_usize()),
-                NptError::GpaOutOfRange { gpa, .. } => base_or_size(gpa),
+                NptError::GpaOutOfRange { gpa, .. } => base_or_size(gpa.as_usize()),
                 // Host addresses of a config record are its guest ones
                 // (identity): the base itself too wide, or only the end.
                 NptError::HpaOutOfRange { pa_bits, .. } => {

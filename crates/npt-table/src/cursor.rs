@@ -119,7 +119,7 @@ impl<F: NptFormat, A: FrameAllocator> Cursor<'_, F, A> {
     pub fn query(&mut self, gpa: GuestPhysAddr) -> NptResult<Translation> {
         if !F::gpa_in_range(gpa) {
             return Err(NptError::GpaOutOfRange {
-                gpa: gpa.as_usize(),
+                gpa,
                 gpa_bits: F::GPA_BITS,
             });
         }

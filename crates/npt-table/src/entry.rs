@@ -68,7 +68,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     pub fn entry(&mut self, gpa: GuestPhysAddr) -> NptResult<Entry<'_, F, A>> {
         if !F::gpa_in_range(gpa) {
             return Err(NptError::GpaOutOfRange {
-                gpa: gpa.as_usize(),
+                gpa,
                 gpa_bits: F::GPA_BITS,
             });
         }

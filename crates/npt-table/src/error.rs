@@ -28,7 +28,7 @@ pub enum NptError {
     /// The range reaches past the format's guest-physical width (or wraps).
     GpaOutOfRange {
         /// The first address outside the width.
-        gpa: usize,
+        gpa: GuestPhysAddr,
         /// The format's GPA width in bits.
         gpa_bits: u32,
     },
@@ -36,7 +36,7 @@ pub enum NptError {
     /// the host.
     HpaOutOfRange {
         /// The address (or the end of a run).
-        hpa: usize,
+        hpa: HostPhysAddr,
         /// The width in bits.
         pa_bits: u32,
     },
@@ -97,10 +97,7 @@ impl From<EntryError> for NptError {
                 hpa,
                 align: size.bytes(),
             },
-            EntryError::AddressTooWide { hpa, pa_bits } => Self::HpaOutOfRange {
-                hpa: hpa.as_usize(),
-                pa_bits,
-            },
+            EntryError::AddressTooWide { hpa, pa_bits } => Self::HpaOutOfRange { hpa, pa_bits },
             EntryError::BadFlags(flags) | EntryError::ExecuteOnly(flags) => Self::BadFlags(flags),
         }
     }

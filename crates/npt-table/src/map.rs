@@ -161,7 +161,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                 .len()
                 .checked_mul(PageSize::Size4K.bytes())
                 .ok_or(NptError::GpaOutOfRange {
-                    gpa: usize::MAX,
+                    gpa: GuestPhysAddr::from_usize(usize::MAX),
                     gpa_bits: F::GPA_BITS,
                 })?;
         let end = Self::check_gpa_range(gpa, len, PageSize::Size4K.bytes())?;

@@ -339,7 +339,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             return Err(NptError::GpaNotAligned { value: len, align });
         }
         let out = NptError::GpaOutOfRange {
-            gpa: start.max(F::GPA_LIMIT as usize),
+            gpa: GuestPhysAddr::from_usize(start.max(F::GPA_LIMIT as usize)),
             gpa_bits: F::GPA_BITS,
         };
         let end = start.checked_add(len).ok_or(out)?;
@@ -365,7 +365,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             return Err(NptError::HpaNotAligned { hpa, align });
         }
         let out = NptError::HpaOutOfRange {
-            hpa: hpa.as_usize(),
+            hpa,
             pa_bits: self.pa_bits,
         };
         let end = hpa.as_usize().checked_add(len).ok_or(out)?;
@@ -382,7 +382,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     pub fn query(&self, gpa: GuestPhysAddr) -> NptResult<Translation> {
         if !F::gpa_in_range(gpa) {
             return Err(NptError::GpaOutOfRange {
-                gpa: gpa.as_usize(),
+                gpa,
                 gpa_bits: F::GPA_BITS,
             });
         }

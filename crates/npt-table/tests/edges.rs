@@ -238,7 +238,7 @@ fn named_width_limits() {
     assert_eq!(
         e,
         NptError::GpaOutOfRange {
-            gpa: 1 << 41,
+            gpa: gpa(1 << 41),
             gpa_bits: 41
         }
     );
@@ -249,7 +249,7 @@ fn named_width_limits() {
     assert_eq!(
         e,
         NptError::GpaOutOfRange {
-            gpa: 1 << 40,
+            gpa: gpa(1 << 40),
             gpa_bits: 40
         }
     );
@@ -288,7 +288,7 @@ fn bad_arguments_are_typed_errors() {
     assert_eq!(
         t.map_region(gpa(0), hpa((1 << 47) - K4), 2 * K4, RW, p),
         Err(NptError::HpaOutOfRange {
-            hpa: (1 << 47) - K4,
+            hpa: hpa((1 << 47) - K4),
             pa_bits: 47
         })
     );
