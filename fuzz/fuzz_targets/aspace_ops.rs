@@ -23,6 +23,7 @@ use guest_aspace::{
 };
 use libfuzzer_sys::fuzz_target;
 use npt_entry::{GenericPTE, NptFormat};
+use npt_fuzz::{Fmt, FormatRun};
 use npt_table::{FailingAllocator, HostFrameAllocator, NptError};
 
 const K4: usize = 0x1000;
@@ -38,19 +39,6 @@ const EAGER_TOTAL: usize = 12 * M2;
 /// Largest pass-through (or lazy) region added.
 const PASSTHROUGH_MAX: usize = 64 * G1;
 const MAX_OPS: usize = 40;
-
-#[derive(Arbitrary, Debug, Clone, Copy)]
-enum Fmt {
-    Ept4,
-    Ept5,
-    Npt4,
-    Stage2Ipa40,
-    Stage2Ipa48,
-    Stage2Ipa32,
-    Sv39x4,
-    Sv48x4,
-    Sv57x4,
-}
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Window {
@@ -224,19 +212,17 @@ struct Input {
     ops: Vec<Op>,
 }
 
-fuzz_target!(|input: Input| {
-    match input.fmt {
-        Fmt::Ept4 => run::<npt_entry::ept::Ept4>(&input),
-        Fmt::Ept5 => run::<npt_entry::ept::Ept5>(&input),
-        Fmt::Npt4 => run::<npt_entry::npt::Npt4>(&input),
-        Fmt::Stage2Ipa40 => run::<npt_entry::stage2::Stage2<40>>(&input),
-        Fmt::Stage2Ipa48 => run::<npt_entry::stage2::Stage2<48>>(&input),
-        Fmt::Stage2Ipa32 => run::<npt_entry::stage2::Stage2<32>>(&input),
-        Fmt::Sv39x4 => run::<npt_entry::gstage::Sv39x4>(&input),
-        Fmt::Sv48x4 => run::<npt_entry::gstage::Sv48x4>(&input),
-        Fmt::Sv57x4 => run::<npt_entry::gstage::Sv57x4>(&input),
+/// Runs one input with the format it picked.
+struct Run<'a>(&'a Input);
+
+impl FormatRun for Run<'_> {
+    type Output = ();
+    fn run<F: NptFormat>(self) {
+        run::<F>(self.0);
     }
-});
+}
+
+fuzz_target!(|input: Input| input.fmt.dispatch(Run(&input)));
 
 type Alloc = FailingAllocator<HostFrameAllocator>;
 type Space<'a, F> = GuestAddrSpace<F, &'a Alloc>;
