@@ -1,7 +1,7 @@
 //! `aspace_ops`: random region, fault, guest-memory and dirty-log operations
-//! on a `GuestAddrSpace` of every format, against a small model of its own
-//! (regions, owned backing layout, populated lazy pages, written bytes,
-//! dirty pages).
+//! on a `GuestAddrSpace` of every format, against the reference model
+//! `guest_aspace::model` (regions, owned backing layout, populated lazy
+//! pages, written bytes, dirty pages), which the `aspace_model` test uses too.
 //!
 //! After every step the space's regions, translations, flags, populated
 //! counts and the allocator's live frames agree with the model; errors are
@@ -10,19 +10,18 @@
 //! frame is live.
 #![no_main]
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use arbitrary::Arbitrary;
 use gpa_types::{
     ConfigError, ConfigField, GuestPhysAddr, GuestPhysAddrRange, HostPhysAddr, MapType,
-    MappingFlags, PageSize, RegionConfig,
+    MappingFlags, RegionConfig,
 };
+use guest_aspace::model::{ModelKind as Kind, SpaceModel as Model};
 use guest_aspace::{
-    Access, AspaceError, Backing, ConfigOptions, FaultOutcome, GuestAddrSpace, PlacementError,
-    RegionKind,
+    Access, AspaceError, ConfigOptions, FaultOutcome, GuestAddrSpace, PlacementError,
 };
 use libfuzzer_sys::fuzz_target;
 use npt_entry::{GenericPTE, NptFormat};
+use npt_fuzz::{Fmt, FormatRun};
 use npt_table::{FailingAllocator, HostFrameAllocator, NptError};
 
 const K4: usize = 0x1000;
@@ -38,19 +37,6 @@ const EAGER_TOTAL: usize = 12 * M2;
 /// Largest pass-through (or lazy) region added.
 const PASSTHROUGH_MAX: usize = 64 * G1;
 const MAX_OPS: usize = 40;
-
-#[derive(Arbitrary, Debug, Clone, Copy)]
-enum Fmt {
-    Ept4,
-    Ept5,
-    Npt4,
-    Stage2Ipa40,
-    Stage2Ipa48,
-    Stage2Ipa32,
-    Sv39x4,
-    Sv48x4,
-    Sv57x4,
-}
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Window {
@@ -224,19 +210,17 @@ struct Input {
     ops: Vec<Op>,
 }
 
-fuzz_target!(|input: Input| {
-    match input.fmt {
-        Fmt::Ept4 => run::<npt_entry::ept::Ept4>(&input),
-        Fmt::Ept5 => run::<npt_entry::ept::Ept5>(&input),
-        Fmt::Npt4 => run::<npt_entry::npt::Npt4>(&input),
-        Fmt::Stage2Ipa40 => run::<npt_entry::stage2::Stage2<40>>(&input),
-        Fmt::Stage2Ipa48 => run::<npt_entry::stage2::Stage2<48>>(&input),
-        Fmt::Stage2Ipa32 => run::<npt_entry::stage2::Stage2<32>>(&input),
-        Fmt::Sv39x4 => run::<npt_entry::gstage::Sv39x4>(&input),
-        Fmt::Sv48x4 => run::<npt_entry::gstage::Sv48x4>(&input),
-        Fmt::Sv57x4 => run::<npt_entry::gstage::Sv57x4>(&input),
+/// Runs one input with the format it picked.
+struct Run<'a>(&'a Input);
+
+impl FormatRun for Run<'_> {
+    type Output = ();
+    fn run<F: NptFormat>(self) {
+        run::<F>(self.0);
     }
-});
+}
+
+fuzz_target!(|input: Input| input.fmt.dispatch(Run(&input)));
 
 type Alloc = FailingAllocator<HostFrameAllocator>;
 type Space<'a, F> = GuestAddrSpace<F, &'a Alloc>;
@@ -348,205 +332,6 @@ fn run<F: NptFormat>(input: &Input) {
         assert_eq!(alloc.inner().live_frames(), h.s.table_stats().table_frames);
     }
     assert_eq!(alloc.inner().live_frames(), 0, "frames leaked after drop");
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
-    Ram { lazy: bool },
-    Rom,
-    Identical,
-    AllocIdentical,
-    Linear(usize),
-    Mmio(Option<usize>),
-}
-
-impl Kind {
-    fn of(b: Backing) -> Self {
-        match b {
-            Backing::Alloc { lazy } => Kind::Ram { lazy },
-            Backing::Rom => Kind::Rom,
-            Backing::Identical => Kind::Identical,
-            Backing::AllocIdentical => Kind::AllocIdentical,
-            Backing::Linear { hpa } => Kind::Linear(hpa.as_usize()),
-            Backing::Mmio { passthrough } => Kind::Mmio(passthrough.map(|h| h.as_usize())),
-        }
-    }
-    fn region_kind(self) -> RegionKind {
-        match self {
-            Kind::Ram { .. } => RegionKind::Ram,
-            Kind::Rom => RegionKind::Rom,
-            Kind::Identical | Kind::AllocIdentical => RegionKind::Identical,
-            Kind::Linear(_) => RegionKind::Linear,
-            Kind::Mmio(_) => RegionKind::Mmio,
-        }
-    }
-    /// Host reads/writes (`write`), or loads (`load`), allowed.
-    fn host_ok(self, write: bool, load: bool) -> bool {
-        match self {
-            Kind::Ram { .. } | Kind::AllocIdentical => true,
-            Kind::Rom => !write || load,
-            _ => false,
-        }
-    }
-    /// Host address of `gpa` for the pass-through kinds.
-    fn passthrough(self, start: usize, gpa: usize) -> Option<usize> {
-        match self {
-            Kind::Identical | Kind::AllocIdentical => Some(gpa),
-            Kind::Linear(h) | Kind::Mmio(Some(h)) => Some(h + (gpa - start)),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct MRegion {
-    start: usize,
-    size: usize,
-    flags: MappingFlags,
-    kind: Kind,
-    /// Owned backing chunks by guest address (eager RAM, ROM, populated lazy pages).
-    chunks: BTreeMap<usize, usize>,
-    logging: bool,
-    /// While logging: pages the guest may write (made writable by a fault).
-    writable: BTreeSet<usize>,
-}
-
-impl MRegion {
-    fn end(&self) -> usize {
-        self.start + self.size
-    }
-}
-
-#[derive(Debug, Default)]
-struct Model {
-    regions: BTreeMap<usize, MRegion>,
-    bytes: BTreeMap<usize, u8>,
-    dirty: BTreeSet<usize>,
-}
-
-impl Model {
-    fn from_space<F: NptFormat>(s: &Space<'_, F>) -> Self {
-        let mut m = Model::default();
-        for r in s.regions() {
-            let start = r.range.start.as_usize();
-            let size = r.range.size();
-            let kind = Kind::of(r.backing);
-            let chunks = match kind {
-                Kind::Ram { lazy: false } | Kind::Rom => eager_layout::<F>(start, size),
-                _ => BTreeMap::new(),
-            };
-            m.regions.insert(
-                start,
-                MRegion {
-                    start,
-                    size,
-                    flags: r.flags,
-                    kind,
-                    chunks,
-                    logging: false,
-                    writable: BTreeSet::new(),
-                },
-            );
-        }
-        m
-    }
-
-    fn region_at(&self, gpa: usize) -> Option<&MRegion> {
-        let (_, r) = self.regions.range(..=gpa).next_back()?;
-        (gpa < r.end()).then_some(r)
-    }
-
-    fn region_at_mut(&mut self, gpa: usize) -> Option<&mut MRegion> {
-        let (_, r) = self.regions.range_mut(..=gpa).next_back()?;
-        (gpa < r.end()).then_some(r)
-    }
-
-    /// `check_free` as the space does it.
-    fn check_free(
-        &self,
-        gpa: usize,
-        size: usize,
-        window: (usize, usize),
-    ) -> Result<(), AspaceError> {
-        if size == 0 {
-            return Err(AspaceError::ZeroSize);
-        }
-        for v in [gpa, size] {
-            if v % K4 != 0 {
-                return Err(AspaceError::NotAligned {
-                    value: v,
-                    align: K4,
-                });
-            }
-        }
-        let outside = AspaceError::OutsideWindow {
-            gpa: gpa.into(),
-            len: size,
-        };
-        let end = gpa.checked_add(size).ok_or(outside)?;
-        if gpa < window.0 || end > window.1 {
-            return Err(outside);
-        }
-        if let Some((&s, r)) = self.regions.range(..end).next_back()
-            && r.end() > gpa
-        {
-            return Err(AspaceError::Overlap {
-                gpa: gpa.into(),
-                existing: s.into(),
-            });
-        }
-        Ok(())
-    }
-
-    fn eager_bytes(&self) -> usize {
-        self.regions
-            .values()
-            .filter(|r| {
-                matches!(
-                    r.kind,
-                    Kind::Ram { lazy: false } | Kind::Rom | Kind::AllocIdentical
-                )
-            })
-            .map(|r| r.size)
-            .sum()
-    }
-
-    /// First address of `[gpa, gpa + len)` the host may not access.
-    fn first_inaccessible(&self, gpa: usize, len: usize, write: bool, load: bool) -> Option<usize> {
-        let Some(end) = gpa.checked_add(len) else {
-            return Some(gpa);
-        };
-        let mut pos = gpa;
-        while pos < end {
-            match self.region_at(pos) {
-                Some(r) if r.kind.host_ok(write, load) => pos = r.end().min(end),
-                _ => return Some(pos),
-            }
-        }
-        None
-    }
-}
-
-/// The backing chunks eager allocation makes when nothing fails.
-fn eager_layout<F: NptFormat>(gpa: usize, size: usize) -> BTreeMap<usize, usize> {
-    let mut out = BTreeMap::new();
-    let (mut pos, end) = (gpa, gpa + size);
-    while pos < end {
-        let mut chunk = K4;
-        for page in [PageSize::Size1G, PageSize::Size2M] {
-            if page <= F::MAX_LEAF
-                && F::level_of(page).is_some()
-                && page.is_aligned(pos)
-                && end - pos >= page.bytes()
-            {
-                chunk = page.bytes();
-                break;
-            }
-        }
-        out.insert(pos, chunk);
-        pos += chunk;
-    }
-    out
 }
 
 fn norm<F: NptFormat>(flags: MappingFlags) -> MappingFlags {
@@ -714,23 +499,7 @@ impl<F: NptFormat> Harness<'_, F> {
                         "bad flags {flags:?} accepted"
                     );
                 }
-                let chunks = if eager {
-                    eager_layout::<F>(gpa, size)
-                } else {
-                    BTreeMap::new()
-                };
-                self.model.regions.insert(
-                    gpa,
-                    MRegion {
-                        start: gpa,
-                        size,
-                        flags,
-                        kind,
-                        chunks,
-                        logging: false,
-                        writable: BTreeSet::new(),
-                    },
-                );
+                self.model.insert::<F>(gpa, size, flags, kind);
                 let lo = gpa;
                 let stale: Vec<usize> = self
                     .model
@@ -826,18 +595,8 @@ impl<F: NptFormat> Harness<'_, F> {
                         flush.ignore();
                         let gpa = gpa.as_usize();
                         assert!(self.model.check_free(gpa, size, self.window()).is_ok());
-                        self.model.regions.insert(
-                            gpa,
-                            MRegion {
-                                start: gpa,
-                                size,
-                                flags,
-                                kind: Kind::AllocIdentical,
-                                chunks: BTreeMap::new(),
-                                logging: false,
-                                writable: BTreeSet::new(),
-                            },
-                        );
+                        self.model
+                            .insert::<F>(gpa, size, flags, Kind::AllocIdentical);
                     }
                     Err(e) => {
                         assert_eq!(
@@ -1103,154 +862,26 @@ impl<F: NptFormat> Harness<'_, F> {
         let r = self.s.remove_range(gpa.into(), len).map(|f| {
             self.s.complete(f);
         });
-        let expect: Result<(), AspaceError> = (|| {
-            if len == 0 {
-                return Err(AspaceError::ZeroSize);
-            }
-            for v in [gpa, len] {
-                if v % K4 != 0 {
-                    return Err(AspaceError::NotAligned {
-                        value: v,
-                        align: K4,
-                    });
-                }
-            }
-            let end = gpa.checked_add(len).ok_or(AspaceError::OutsideWindow {
-                gpa: gpa.into(),
-                len,
-            })?;
-            let mut pos = gpa;
-            while pos < end {
-                match self.model.region_at(pos) {
-                    Some(r) => pos = r.end(),
-                    None => {
-                        let mut p = gpa;
-                        while let Some(r) = self.model.region_at(p) {
-                            p = r.end();
-                        }
-                        return Err(AspaceError::NoRegion { gpa: p.into() });
-                    }
-                }
-            }
-            for edge in [gpa, end] {
-                if let Some(r) = self.model.region_at(edge) {
-                    if r.kind == Kind::AllocIdentical && edge != r.start {
-                        return Err(AspaceError::CutsBacking { gpa: edge.into() });
-                    }
-                    if let Some((&cs, &csize)) = r.chunks.range(..=edge).next_back()
-                        && edge < cs + csize
-                        && cs != edge
-                    {
-                        return Err(AspaceError::CutsBacking { gpa: edge.into() });
-                    }
-                }
-            }
-            Ok(())
-        })();
+        let expect = self.model.check_remove(gpa, len);
         match (r, expect) {
-            (Ok(()), Ok(())) => self.model_remove(gpa, gpa + len),
+            (Ok(()), Ok(())) => self.model.remove(gpa, gpa + len),
             (Err(AspaceError::NoMemory), Ok(())) => self.no_memory("remove_range"),
             (Err(a), Err(b)) => assert_eq!(a, b, "remove_range({gpa:#x}, {len:#x})"),
             (a, b) => panic!("remove_range({gpa:#x}, {len:#x}) = {a:?}, model expects {b:?}"),
         }
     }
 
-    fn model_remove(&mut self, start: usize, end: usize) {
-        let starts: Vec<usize> = self
-            .model
-            .regions
-            .range(..end)
-            .filter(|(_, r)| r.end() > start)
-            .map(|(s, _)| *s)
-            .collect();
-        for s in starts {
-            let r = self.model.regions.remove(&s).expect("listed");
-            if r.kind == Kind::AllocIdentical {
-                continue;
-            }
-            let (lo, hi) = (start.max(r.start), end.min(r.end()));
-            if r.start < lo {
-                let mut left = r.clone();
-                left.size = lo - r.start;
-                left.chunks = r.chunks.range(..lo).map(|(g, c)| (*g, *c)).collect();
-                left.writable = r.writable.range(..lo).copied().collect();
-                self.model.regions.insert(left.start, left);
-            }
-            if hi < r.end() {
-                let mut right = r.clone();
-                right.start = hi;
-                right.size = r.end() - hi;
-                right.chunks = r.chunks.range(hi..).map(|(g, c)| (*g, *c)).collect();
-                right.writable = r.writable.range(hi..).copied().collect();
-                right.kind = match r.kind {
-                    Kind::Linear(h) => Kind::Linear(h + (hi - r.start)),
-                    Kind::Mmio(Some(h)) => Kind::Mmio(Some(h + (hi - r.start))),
-                    k => k,
-                };
-                self.model.regions.insert(right.start, right);
-            }
-        }
-        let keys: Vec<usize> = self
-            .model
-            .bytes
-            .range(start..end)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in keys {
-            self.model.bytes.remove(&k);
-        }
-        let pages: Vec<usize> = self.model.dirty.range(start..end).copied().collect();
-        for p in pages {
-            self.model.dirty.remove(&p);
-        }
-    }
-
     fn fault(&mut self, gpa: usize, access: Access) {
         let r = self.s.handle_fault(gpa.into(), access);
-        let page = gpa & !(K4 - 1);
-        let Some(reg) = self.model.region_at_mut(gpa) else {
-            assert_eq!(r, Ok(FaultOutcome::Unmapped { gpa: gpa.into() }));
-            return;
-        };
-        // Emulated MMIO checks data accesses against its flags; fetches exit.
-        let emulated = reg.kind == Kind::Mmio(None);
-        if emulated && (access == Access::Execute || reg.flags.contains(access.needs())) {
-            assert_eq!(
-                r,
-                Ok(FaultOutcome::Mmio {
-                    gpa: gpa.into(),
-                    access
-                })
-            );
+        if let Some(want) = self.model.fault(gpa, access) {
+            assert_eq!(r, Ok(want), "fault {gpa:#x} {access:?}");
             return;
         }
-        if !reg.flags.contains(access.needs()) {
-            let kind = reg.kind.region_kind();
-            assert_eq!(
-                r,
-                Ok(FaultOutcome::Violation {
-                    gpa: gpa.into(),
-                    access,
-                    kind
-                })
-            );
-            return;
-        }
-        let lazy = reg.kind == (Kind::Ram { lazy: true });
-        let populated = !lazy || reg.chunks.contains_key(&page);
+        let populated = self.model.mapped(gpa);
         match r {
             Ok(FaultOutcome::Fixed(flush)) => {
                 flush.ignore();
-                if !populated {
-                    reg.chunks.insert(page, K4);
-                }
-                if access == Access::Write && reg.logging {
-                    let newly = !populated || !reg.writable.contains(&page);
-                    reg.writable.insert(page);
-                    if newly {
-                        self.model.dirty.insert(page);
-                    }
-                }
+                self.model.fixed(gpa, access);
             }
             Err(AspaceError::NoMemory) => {
                 assert!(!populated, "fault on a populated page allocated");
@@ -1292,21 +923,7 @@ impl<F: NptFormat> Harness<'_, F> {
             }
         }
         match r {
-            Ok(()) => {
-                for (i, b) in data.iter().enumerate() {
-                    self.model.bytes.insert(gpa + i, *b);
-                }
-                let mut page = gpa & !(K4 - 1);
-                while len > 0 && page < gpa + len {
-                    if self.model.region_at(page).is_some_and(|r| r.logging) {
-                        self.model.dirty.insert(page);
-                    }
-                    page = match page.checked_add(K4) {
-                        Some(p) => p,
-                        None => break,
-                    };
-                }
-            }
+            Ok(()) => self.model.written(gpa, &data),
             Err(AspaceError::NoMemory) => self.no_memory("write"),
             Err(e) => panic!("write {gpa:#x}+{len:#x}: {e:?}"),
         }

@@ -19,6 +19,7 @@ use arbitrary::Arbitrary;
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
 use libfuzzer_sys::fuzz_target;
 use npt_entry::{GenericPTE, NptFormat};
+use npt_fuzz::{Fmt, FormatRun};
 use npt_table::model::{ModelPage, PageModel};
 use npt_table::{
     AccessBit, FailingAllocator, HostFrameAllocator, MapPolicy, MappedRun, NestedPageTable,
@@ -35,19 +36,6 @@ const HPA_BASE: usize = 0x10_0000_0000;
 const MAP_BUDGET: usize = G1 + 8 * M2;
 /// Operations per input.
 const MAX_OPS: usize = 48;
-
-#[derive(Arbitrary, Debug, Clone, Copy)]
-enum Fmt {
-    Ept4,
-    Ept5,
-    Npt4,
-    Stage2Ipa40,
-    Stage2Ipa48,
-    Stage2Ipa32,
-    Sv39x4,
-    Sv48x4,
-    Sv57x4,
-}
 
 /// A page-size choice.
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -235,19 +223,17 @@ struct Input {
     ops: Vec<Op>,
 }
 
-fuzz_target!(|input: Input| {
-    match input.fmt {
-        Fmt::Ept4 => run::<npt_entry::ept::Ept4>(&input),
-        Fmt::Ept5 => run::<npt_entry::ept::Ept5>(&input),
-        Fmt::Npt4 => run::<npt_entry::npt::Npt4>(&input),
-        Fmt::Stage2Ipa40 => run::<npt_entry::stage2::Stage2<40>>(&input),
-        Fmt::Stage2Ipa48 => run::<npt_entry::stage2::Stage2<48>>(&input),
-        Fmt::Stage2Ipa32 => run::<npt_entry::stage2::Stage2<32>>(&input),
-        Fmt::Sv39x4 => run::<npt_entry::gstage::Sv39x4>(&input),
-        Fmt::Sv48x4 => run::<npt_entry::gstage::Sv48x4>(&input),
-        Fmt::Sv57x4 => run::<npt_entry::gstage::Sv57x4>(&input),
+/// Runs one input with the format it picked.
+struct Run<'a>(&'a Input);
+
+impl FormatRun for Run<'_> {
+    type Output = ();
+    fn run<F: NptFormat>(self) {
+        run::<F>(self.0);
     }
-});
+}
+
+fuzz_target!(|input: Input| input.fmt.dispatch(Run(&input)));
 
 type Alloc = FailingAllocator<HostFrameAllocator>;
 
@@ -295,10 +281,9 @@ fn run<F: NptFormat>(input: &Input) {
         h.failing = false;
         h.check(&[]);
         if !h.model.is_empty() {
-            let flush = h
-                .t
-                .unmap_region(GuestPhysAddr::from(0), F::GPA_LIMIT as usize)
-                .expect("unmapping everything");
+            let flush =
+                h.t.unmap_region(GuestPhysAddr::from(0), F::GPA_LIMIT as usize)
+                    .expect("unmapping everything");
             h.t.complete(flush);
         } else {
             assert!(matches!(

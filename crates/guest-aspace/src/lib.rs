@@ -29,7 +29,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `paging-handler` | yes | `HandlerAllocator`: a `page_table_multiarch::PagingHandler` as a [`FrameAllocator`] |
-//! | `std` | no | the host allocators of [`npt_table`] for tests: `HostFrameAllocator`, `FailingAllocator`, `POISON` |
+//! | `std` | no | the host allocators of [`npt_table`] for tests: `HostFrameAllocator`, `FailingAllocator`, `POISON`; `model`, a reference model of the space for tests and fuzz targets |
 //!
 //! ```
 //! // With feature `std` (the host allocator); everything from one crate.
@@ -66,6 +66,9 @@ pub mod exit;
 mod fault;
 pub mod gva;
 mod memory;
+#[cfg(feature = "std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "std")))]
+pub mod model;
 mod pod;
 mod region;
 mod rwlock;

@@ -1,13 +1,15 @@
-//! Random operation sequences against a plain reference model of regions,
-//! lazily populated pages and written bytes.
+//! Random operation sequences against the reference model
+//! `guest_aspace::model` (regions, lazily populated pages, written bytes),
+//! the one the `aspace_ops` fuzz target uses too.
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use common::*;
 use gpa_types::MappingFlags;
-use guest_aspace::{Access, AspaceError, Backing, FaultOutcome, GuestAddrSpace, RegionKind};
+use guest_aspace::model::{ModelKind, ModelRegion, SpaceModel};
+use guest_aspace::{Access, AspaceError, FaultOutcome, GuestAddrSpace};
 use npt_entry::ept::Ept4;
 use npt_table::HostFrameAllocator;
 use proptest::prelude::*;
@@ -73,295 +75,46 @@ enum Op {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
-    Ram { lazy: bool },
-    Mmio,
-    Rom,
+/// Where `loc` lands in `model`.
+fn resolve(model: &SpaceModel, loc: Loc) -> usize {
+    match loc {
+        Loc::Abs(a) => a,
+        Loc::Near { idx, off } => {
+            let Some(r) = model.regions.values().nth(idx % model.regions.len().max(1)) else {
+                return W0 + off % WSIZE;
+            };
+            (r.start + off % (r.size + 2 * K4)).saturating_sub(K4)
+        }
+    }
 }
 
-#[derive(Debug, Clone)]
-struct MRegion {
-    start: usize,
+/// Host access to `[g, g + len)`: the first address refused, as the space
+/// reports it.
+fn host_access(model: &SpaceModel, g: usize, len: usize, write: bool) -> Result<(), AspaceError> {
+    match model.first_inaccessible(g, len, write, false) {
+        Some(bad) => Err(AspaceError::NotRam { gpa: gpa(bad) }),
+        None => Ok(()),
+    }
+}
+
+/// A removal in the model: checked, then recorded when it succeeds.
+fn remove(model: &mut SpaceModel, at: usize, len: usize) -> Result<(), AspaceError> {
+    model.check_remove(at, len)?;
+    model.remove(at, at + len);
+    Ok(())
+}
+
+/// An add in the model: checked, then recorded when it succeeds.
+fn add(
+    model: &mut SpaceModel,
+    g: usize,
     size: usize,
-    kind: Kind,
+    kind: ModelKind,
     flags: MappingFlags,
-    /// Owned backing chunks of eager RAM and ROM: start -> size.
-    chunks: BTreeMap<usize, usize>,
-    /// Populated pages of lazy RAM.
-    pages: BTreeSet<usize>,
-}
-
-impl MRegion {
-    fn end(&self) -> usize {
-        self.start + self.size
-    }
-
-    fn backing(&self) -> Backing {
-        match self.kind {
-            Kind::Ram { lazy } => Backing::Alloc { lazy },
-            Kind::Mmio => Backing::Mmio { passthrough: None },
-            Kind::Rom => Backing::Rom,
-        }
-    }
-
-    fn populated(&self) -> usize {
-        self.chunks.values().sum::<usize>() + self.pages.len() * K4
-    }
-
-    fn mapped(&self, page: usize) -> bool {
-        match self.kind {
-            Kind::Ram { lazy: true } => self.pages.contains(&page),
-            Kind::Ram { lazy: false } | Kind::Rom => true,
-            Kind::Mmio => false,
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Model {
-    regions: BTreeMap<usize, MRegion>,
-    /// Bytes written, by 4 KiB page.
-    data: HashMap<usize, Vec<u8>>,
-}
-
-/// Backing chunks the space allocates for owned memory (2 MiB where aligned
-/// and long enough, else 4 KiB; 1 GiB never fits this window).
-fn chunks_for(start: usize, size: usize) -> BTreeMap<usize, usize> {
-    let mut out = BTreeMap::new();
-    let mut pos = start;
-    while pos < start + size {
-        let n = if pos % M2 == 0 && start + size - pos >= M2 {
-            M2
-        } else {
-            K4
-        };
-        out.insert(pos, n);
-        pos += n;
-    }
-    out
-}
-
-impl Model {
-    fn at(&self, g: usize) -> Option<&MRegion> {
-        let (_, r) = self.regions.range(..=g).next_back()?;
-        (g < r.end()).then_some(r)
-    }
-
-    fn resolve(&self, loc: Loc) -> usize {
-        match loc {
-            Loc::Abs(a) => a,
-            Loc::Near { idx, off } => {
-                if self.regions.is_empty() {
-                    return W0 + off % WSIZE;
-                }
-                let r = self.regions.values().nth(idx % self.regions.len()).unwrap();
-                (r.start + off % (r.size + 2 * K4)).saturating_sub(K4)
-            }
-        }
-    }
-
-    fn check_free(&self, g: usize, size: usize) -> Result<(), AspaceError> {
-        if size == 0 {
-            return Err(AspaceError::ZeroSize);
-        }
-        for v in [g, size] {
-            if v % K4 != 0 {
-                return Err(AspaceError::NotAligned {
-                    value: v,
-                    align: K4,
-                });
-            }
-        }
-        let outside = AspaceError::OutsideWindow {
-            gpa: gpa(g),
-            len: size,
-        };
-        let end = g.checked_add(size).ok_or(outside)?;
-        if g < W0 || end > WEND {
-            return Err(outside);
-        }
-        if let Some((&s, r)) = self.regions.range(..end).next_back() {
-            if r.end() > g {
-                return Err(AspaceError::Overlap {
-                    gpa: gpa(g),
-                    existing: gpa(s),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    fn add(
-        &mut self,
-        g: usize,
-        size: usize,
-        kind: Kind,
-        flags: MappingFlags,
-    ) -> Result<(), AspaceError> {
-        self.check_free(g, size)?;
-        let chunks = match kind {
-            Kind::Ram { lazy: false } | Kind::Rom => chunks_for(g, size),
-            _ => BTreeMap::new(),
-        };
-        self.regions.insert(
-            g,
-            MRegion {
-                start: g,
-                size,
-                kind,
-                flags,
-                chunks,
-                pages: BTreeSet::new(),
-            },
-        );
-        Ok(())
-    }
-
-    fn remove(&mut self, start: usize, len: usize) -> Result<(), AspaceError> {
-        if len == 0 {
-            return Err(AspaceError::ZeroSize);
-        }
-        for v in [start, len] {
-            if v % K4 != 0 {
-                return Err(AspaceError::NotAligned {
-                    value: v,
-                    align: K4,
-                });
-            }
-        }
-        let end = start + len;
-        let mut pos = start;
-        while pos < end {
-            match self.at(pos) {
-                Some(r) => pos = r.end(),
-                None => return Err(AspaceError::NoRegion { gpa: gpa(pos) }),
-            }
-        }
-        for edge in [start, end] {
-            if let Some(r) = self.at(edge) {
-                if let Some((&cs, _)) = r.chunks.range(..=edge).next_back() {
-                    if cs != edge {
-                        return Err(AspaceError::CutsBacking { gpa: gpa(edge) });
-                    }
-                }
-            }
-        }
-        let starts: Vec<usize> = self
-            .regions
-            .range(..end)
-            .filter(|(_, r)| r.end() > start)
-            .map(|(s, _)| *s)
-            .collect();
-        for s in starts {
-            let r = self.regions.remove(&s).unwrap();
-            let (lo, hi) = (start.max(r.start), end.min(r.end()));
-            if r.start < lo {
-                let mut left = r.clone();
-                left.size = lo - r.start;
-                left.chunks = r.chunks.range(..lo).map(|(a, b)| (*a, *b)).collect();
-                left.pages = r.pages.range(..lo).copied().collect();
-                self.regions.insert(left.start, left);
-            }
-            if hi < r.end() {
-                let mut right = r.clone();
-                right.start = hi;
-                right.size = r.end() - hi;
-                right.chunks = r.chunks.range(hi..).map(|(a, b)| (*a, *b)).collect();
-                right.pages = r.pages.range(hi..).copied().collect();
-                self.regions.insert(right.start, right);
-            }
-        }
-        let mut page = start;
-        while page < end {
-            self.data.remove(&page);
-            page += K4;
-        }
-        Ok(())
-    }
-
-    fn fault(&mut self, g: usize, access: Access) -> FaultOutcome {
-        let Some(r) = self.at(g) else {
-            return FaultOutcome::Unmapped { gpa: gpa(g) };
-        };
-        if r.kind == Kind::Mmio {
-            return FaultOutcome::Mmio {
-                gpa: gpa(g),
-                access,
-            };
-        }
-        if !r.flags.contains(access.needs()) {
-            let kind = if r.kind == Kind::Rom {
-                RegionKind::Rom
-            } else {
-                RegionKind::Ram
-            };
-            return FaultOutcome::Violation {
-                gpa: gpa(g),
-                access,
-                kind,
-            };
-        }
-        let start = r.start;
-        if r.kind == (Kind::Ram { lazy: true }) {
-            self.regions
-                .get_mut(&start)
-                .unwrap()
-                .pages
-                .insert(g & !(K4 - 1));
-        }
-        FaultOutcome::Fixed(npt_table::TlbFlush::none())
-    }
-
-    /// The first address of `[g, g + len)` that the host may not access.
-    fn check_access(&self, g: usize, len: usize, write: bool) -> Result<(), AspaceError> {
-        let end = g + len;
-        let mut pos = g;
-        while pos < end {
-            let r = self.at(pos).ok_or(AspaceError::NotRam { gpa: gpa(pos) })?;
-            let ok = match r.kind {
-                Kind::Ram { .. } => true,
-                Kind::Rom => !write,
-                Kind::Mmio => false,
-            };
-            if !ok {
-                return Err(AspaceError::NotRam { gpa: gpa(pos) });
-            }
-            pos = r.end().min(end);
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, g: usize, bytes: &[u8]) -> Result<(), AspaceError> {
-        self.check_access(g, bytes.len(), true)?;
-        let mut page = g & !(K4 - 1);
-        while page < g + bytes.len() {
-            let start = self.at(page).unwrap().start;
-            let r = self.regions.get_mut(&start).unwrap();
-            if r.kind == (Kind::Ram { lazy: true }) {
-                r.pages.insert(page);
-            }
-            page += K4;
-        }
-        for (i, b) in bytes.iter().enumerate() {
-            let a = g + i;
-            self.data
-                .entry(a & !(K4 - 1))
-                .or_insert_with(|| vec![0; K4])[a % K4] = *b;
-        }
-        Ok(())
-    }
-
-    fn read(&self, g: usize, len: usize) -> Result<Vec<u8>, AspaceError> {
-        self.check_access(g, len, false)?;
-        Ok((g..g + len)
-            .map(|a| self.data.get(&(a & !(K4 - 1))).map_or(0, |p| p[a % K4]))
-            .collect())
-    }
-
-    fn mapped(&self, g: usize) -> bool {
-        self.at(g).is_some_and(|r| r.mapped(g & !(K4 - 1)))
-    }
+) -> Result<(), AspaceError> {
+    model.check_free(g, size, (W0, WEND))?;
+    model.insert::<Ept4>(g, size, flags, kind);
+    Ok(())
 }
 
 fn same_kind(a: &FaultOutcome, b: &FaultOutcome) -> bool {
@@ -371,11 +124,11 @@ fn same_kind(a: &FaultOutcome, b: &FaultOutcome) -> bool {
     }
 }
 
-fn flags_of(kind: Kind, exec: bool) -> MappingFlags {
+fn flags_of(kind: ModelKind, exec: bool) -> MappingFlags {
     let base = match kind {
-        Kind::Ram { .. } => RW,
-        Kind::Rom => R,
-        Kind::Mmio => return RW | MappingFlags::DEVICE,
+        ModelKind::Rom => R,
+        ModelKind::Mmio(_) => return RW | MappingFlags::DEVICE,
+        _ => RW,
     };
     if exec {
         base | MappingFlags::EXECUTE
@@ -399,7 +152,7 @@ fn apply(s: &mut Space<'_>, op: &Op, expected: &Expected) {
                 .add_ram(
                     gpa(*at),
                     *size,
-                    flags_of(Kind::Ram { lazy: *lazy }, *exec),
+                    flags_of(ModelKind::Ram { lazy: *lazy }, *exec),
                     *lazy,
                 )
                 .map(|f| f.ignore());
@@ -463,7 +216,7 @@ enum Expected {
     Translate(usize, bool),
 }
 
-fn step(model: &mut Model, op: &Op) -> Expected {
+fn step(model: &mut SpaceModel, op: &Op) -> Expected {
     match *op {
         Op::AddRam {
             at,
@@ -471,18 +224,20 @@ fn step(model: &mut Model, op: &Op) -> Expected {
             lazy,
             exec,
         } => {
-            let kind = Kind::Ram { lazy };
-            Expected::Unit(model.add(at, size, kind, flags_of(kind, exec)))
+            let kind = ModelKind::Ram { lazy };
+            Expected::Unit(add(model, at, size, kind, flags_of(kind, exec)))
         }
         Op::AddMmio { at, size } => {
-            Expected::Unit(model.add(at, size, Kind::Mmio, flags_of(Kind::Mmio, false)))
+            let kind = ModelKind::Mmio(None);
+            Expected::Unit(add(model, at, size, kind, flags_of(kind, false)))
         }
         Op::AddRom { at, size, exec } => {
-            Expected::Unit(model.add(at, size, Kind::Rom, flags_of(Kind::Rom, exec)))
+            let kind = ModelKind::Rom;
+            Expected::Unit(add(model, at, size, kind, flags_of(kind, exec)))
         }
         Op::Remove { loc, len } => {
-            let at = model.resolve(loc) & !(K4 - 1);
-            Expected::Remove(at, len, model.remove(at, len))
+            let at = resolve(model, loc) & !(K4 - 1);
+            Expected::Remove(at, len, remove(model, at, len))
         }
         Op::RemoveIn {
             idx,
@@ -499,32 +254,40 @@ fn step(model: &mut Model, op: &Op) -> Expected {
                     (r.start + first * K4, (1 + len % (pages - first)) * K4)
                 }
             };
-            Expected::Remove(at, len, model.remove(at, len))
+            Expected::Remove(at, len, remove(model, at, len))
         }
         Op::Fault { loc, access } => {
-            let at = model.resolve(loc);
-            Expected::Fault(at, model.fault(at, access))
+            let at = resolve(model, loc);
+            let outcome = model.fault(at, access).unwrap_or_else(|| {
+                model.fixed(at, access);
+                FaultOutcome::Fixed(npt_table::TlbFlush::none())
+            });
+            Expected::Fault(at, outcome)
         }
         Op::Write { loc, len, seed } => {
-            let at = model.resolve(loc);
+            let at = resolve(model, loc);
             let bytes: Vec<u8> = (0..len)
                 .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed))
                 .collect();
-            let r = model.write(at, &bytes);
+            let r = host_access(model, at, len, true);
+            if r.is_ok() {
+                model.written(at, &bytes);
+            }
             Expected::Write(at, bytes, r)
         }
         Op::Read { loc, len } => {
-            let at = model.resolve(loc);
-            Expected::Read(at, len, model.read(at, len))
+            let at = resolve(model, loc);
+            let r = host_access(model, at, len, false).map(|()| model.read(at, len));
+            Expected::Read(at, len, r)
         }
         Op::Translate { loc } => {
-            let at = model.resolve(loc);
+            let at = resolve(model, loc);
             Expected::Translate(at, model.mapped(at))
         }
     }
 }
 
-fn check_regions(s: &Space<'_>, model: &Model) {
+fn check_regions(s: &Space<'_>, model: &SpaceModel) {
     let got: Vec<_> = s
         .regions()
         .map(|r| {
@@ -540,7 +303,7 @@ fn check_regions(s: &Space<'_>, model: &Model) {
     let want: Vec<_> = model
         .regions
         .values()
-        .map(|r| (r.start, r.size, r.backing(), r.flags, r.populated()))
+        .map(|r| (r.start, r.size, r.kind.backing(), r.flags, r.populated()))
         .collect();
     assert_eq!(got, want);
 }
@@ -606,7 +369,7 @@ proptest! {
         {
             let mut a: Space<'_> = GuestAddrSpace::new(&alloc, window(W0, WSIZE)).unwrap();
             let mut b: Space<'_> = GuestAddrSpace::new(&alloc, window(W0, WSIZE)).unwrap();
-            let mut model = Model::default();
+            let mut model = SpaceModel::default();
             for op in &ops {
                 let expected = step(&mut model, op);
                 apply(&mut a, op, &expected);
@@ -615,13 +378,15 @@ proptest! {
                 check_regions(&b, &model);
             }
             // Every written byte reads back from both spaces.
-            for (&page, bytes) in &model.data {
+            let pages: BTreeSet<usize> = model.bytes.keys().map(|a| a & !(K4 - 1)).collect();
+            for page in pages {
                 let mut buf = vec![0; K4];
-                if model.check_access(page, K4, false).is_ok() {
+                if host_access(&model, page, K4, false).is_ok() {
+                    let bytes = model.read(page, K4);
                     a.read(gpa(page), &mut buf).unwrap();
-                    prop_assert_eq!(&buf, bytes);
+                    prop_assert_eq!(&buf, &bytes);
                     b.read(gpa(page), &mut buf).unwrap();
-                    prop_assert_eq!(&buf, bytes);
+                    prop_assert_eq!(&buf, &bytes);
                 }
             }
             // The two spaces never share an owned frame, nor a table root.
@@ -629,7 +394,7 @@ proptest! {
             ranges.extend(owned_host_ranges(&b));
             prop_assert!(disjoint(&ranges), "owned host ranges overlap: {:x?}", ranges);
             prop_assert_ne!(a.root_hpa(), b.root_hpa());
-            let owned: usize = model.regions.values().map(MRegion::populated).sum();
+            let owned: usize = model.regions.values().map(ModelRegion::populated).sum();
             prop_assert_eq!(alloc.live_frames(), 2 * owned / K4 + a.table_stats().table_frames + b.table_stats().table_frames);
         }
         prop_assert_eq!(alloc.live_frames(), 0);

@@ -11,7 +11,9 @@
 //! Every entry implements [`page_table_entry::GenericPTE`] and the typed
 //! [`NestedEntry`] API; every format implements [`NptFormat`], which gives a
 //! generic walker (crate `npt-table`) the geometry of the walk. All formats
-//! build on every host: pick one with a type parameter.
+//! build on every host: pick one with a type parameter. [`for_each_format!`]
+//! lists them all, for code (tests, benches, fuzz targets) that runs once per
+//! format.
 //!
 //! ```
 //! use npt_entry::{GenericPTE, NestedEntry, NptFormat, ept::Ept4};
@@ -30,6 +32,7 @@
 #[cfg(test)]
 extern crate std;
 
+mod each_format;
 mod format;
 
 pub mod ept;

@@ -138,17 +138,7 @@ macro_rules! per_format {
     )*};
 }
 
-per_format! {
-    ept4: npt_entry::ept::Ept4,
-    ept5: npt_entry::ept::Ept5,
-    npt4: npt_entry::npt::Npt4,
-    stage2_32: npt_entry::stage2::Stage2<32>,
-    stage2_40: npt_entry::stage2::Stage2<40>,
-    stage2_48: npt_entry::stage2::Stage2<48>,
-    sv39x4: npt_entry::gstage::Sv39x4,
-    sv48x4: npt_entry::gstage::Sv48x4,
-    sv57x4: npt_entry::gstage::Sv57x4,
-}
+npt_entry::for_each_format!(per_format);
 
 // SDM Vol. 3C 29.3.5 (EPT accessed and dirty flags): bit 8 accessed, bit 9
 // dirty in a leaf.

@@ -235,24 +235,17 @@ fn run_ops<F: NptFormat>(ops: Vec<Op>) -> Result<(), TestCaseError> {
 
 macro_rules! model_tests {
     ($($name:ident: $fmt:ty,)*) => {$(
-        proptest! {
-            #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
-            #[test]
-            fn $name(ops in proptest::collection::vec(op(), 1..24)) {
-                run_ops::<$fmt>(ops)?;
+        mod $name {
+            use super::*;
+            proptest! {
+                #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+                #[test]
+                fn agrees_with_model(ops in proptest::collection::vec(op(), 1..24)) {
+                    run_ops::<$fmt>(ops)?;
+                }
             }
         }
     )*};
 }
 
-model_tests! {
-    ept4_agrees_with_model: npt_entry::ept::Ept4,
-    ept5_agrees_with_model: npt_entry::ept::Ept5,
-    npt4_agrees_with_model: npt_entry::npt::Npt4,
-    stage2_40_agrees_with_model: npt_entry::stage2::Stage2<40>,
-    stage2_48_agrees_with_model: npt_entry::stage2::Stage2<48>,
-    stage2_32_agrees_with_model: npt_entry::stage2::Stage2<32>,
-    sv39x4_agrees_with_model: npt_entry::gstage::Sv39x4,
-    sv48x4_agrees_with_model: npt_entry::gstage::Sv48x4,
-    sv57x4_agrees_with_model: npt_entry::gstage::Sv57x4,
-}
+npt_entry::for_each_format!(model_tests);

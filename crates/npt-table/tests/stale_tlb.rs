@@ -175,24 +175,17 @@ fn run<F: NptFormat>(ops: &[Op]) -> Result<(), TestCaseError> {
 
 macro_rules! stale_tlb_tests {
     ($($name:ident: $fmt:ty,)*) => {$(
-        proptest! {
-            #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
-            #[test]
-            fn $name(ops in proptest::collection::vec(op(), 1..40)) {
-                run::<$fmt>(&ops)?;
+        mod $name {
+            use super::*;
+            proptest! {
+                #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+                #[test]
+                fn stale_tlb(ops in proptest::collection::vec(op(), 1..40)) {
+                    run::<$fmt>(&ops)?;
+                }
             }
         }
     )*};
 }
 
-stale_tlb_tests! {
-    ept4: npt_entry::ept::Ept4,
-    ept5: npt_entry::ept::Ept5,
-    npt4: npt_entry::npt::Npt4,
-    stage2_32: npt_entry::stage2::Stage2<32>,
-    stage2_40: npt_entry::stage2::Stage2<40>,
-    stage2_48: npt_entry::stage2::Stage2<48>,
-    sv39x4: npt_entry::gstage::Sv39x4,
-    sv48x4: npt_entry::gstage::Sv48x4,
-    sv57x4: npt_entry::gstage::Sv57x4,
-}
+npt_entry::for_each_format!(stale_tlb_tests);
