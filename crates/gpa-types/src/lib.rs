@@ -19,11 +19,13 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
 mod addr;
 mod config;
+mod devices;
 mod flags;
 mod size;
 
@@ -32,6 +34,10 @@ pub use addr::{
     HostPhysAddrRange, HostVirtAddr, HostVirtAddrRange,
 };
 pub use config::{ConfigError, ConfigField, MapType, RegionConfig};
+pub use devices::{
+    DeviceError, DeviceField, DeviceSection, DevicesConfig, EmulatedDevice, PassthroughAddress,
+    PassthroughDevice,
+};
 pub use flags::{MappingFlags, MemoryType};
 pub use memory_addr::{AddrRange, MemoryAddr};
 pub use size::PageSize;
