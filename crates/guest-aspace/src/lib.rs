@@ -29,6 +29,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `paging-handler` | yes | `HandlerAllocator`: a `page_table_multiarch::PagingHandler` as a [`FrameAllocator`] |
+//! | `serde` | no | `serde::Deserialize` for the VM config records ([`DevicesConfig`] and its records) |
 //! | `std` | no | the host allocators of [`npt_table`] for tests: `HostFrameAllocator`, `FailingAllocator`, `POISON` |
 //!
 //! ```
@@ -85,8 +86,9 @@ pub use space::{GpaInfo, GuestAddrSpace, HostChunk};
 // One dependency: the crates underneath, and the types most code names.
 pub use gpa_types;
 pub use gpa_types::{
-    GuestPhysAddr, GuestPhysAddrRange, GuestVirtAddr, HostPhysAddr, HostVirtAddr, MapType,
-    MappingFlags, MemoryAddr, PageSize, RegionConfig,
+    DevicesConfig, EmulatedDevice, GuestPhysAddr, GuestPhysAddrRange, GuestVirtAddr, HostPhysAddr,
+    HostVirtAddr, MapType, MappingFlags, MemoryAddr, PageSize, PassthroughAddress,
+    PassthroughDevice, RegionConfig,
 };
 /// The address types `PagingHandler` and `axerrno`-based code are written in.
 pub use memory_addr;
