@@ -29,6 +29,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `paging-handler` | yes | `HandlerAllocator`: a `page_table_multiarch::PagingHandler` as a [`FrameAllocator`] |
+//! | `log` | no | `log` records: region changes and removals (debug), faults, their outcomes and completed flushes (trace) |
 //! | `serde` | no | `serde::Deserialize` for the VM config records ([`DevicesConfig`] and its records) |
 //! | `std` | no | the host allocators of [`npt_table`] for tests: `HostFrameAllocator`, `FailingAllocator`, `POISON` |
 //!
@@ -59,6 +60,32 @@ extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+/// Logs at debug level with feature `log`; otherwise only type-checks the
+/// arguments (no code, no cost).
+macro_rules! debug {
+    ($($arg:tt)*) => {{
+        #[cfg(feature = "log")]
+        log::debug!($($arg)*);
+        #[cfg(not(feature = "log"))]
+        if false {
+            let _ = format_args!($($arg)*);
+        }
+    }};
+}
+
+/// Logs at trace level with feature `log`; otherwise only type-checks the
+/// arguments (no code, no cost).
+macro_rules! trace {
+    ($($arg:tt)*) => {{
+        #[cfg(feature = "log")]
+        log::trace!($($arg)*);
+        #[cfg(not(feature = "log"))]
+        if false {
+            let _ = format_args!($($arg)*);
+        }
+    }};
+}
+
 mod compat;
 mod config;
 mod dirty;
@@ -72,6 +99,7 @@ mod region;
 mod rwlock;
 mod shared;
 mod space;
+mod stats;
 mod zero;
 
 pub use config::ConfigOptions;
@@ -82,6 +110,7 @@ pub use region::{Backing, RegionInfo, RegionKind};
 pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub use shared::SharedAddrSpace;
 pub use space::{GpaInfo, GuestAddrSpace, HostChunk};
+pub use stats::{FaultCounters, SpaceStats};
 
 // One dependency: the crates underneath, and the types most code names.
 pub use gpa_types;
