@@ -399,7 +399,7 @@ mod tests {
             })
         );
         let far = PassthroughAddress {
-            base_gpa: u64::MAX & !0xfff,
+            base_gpa: !0xfff,
             length: 0x2000,
         };
         assert_eq!(

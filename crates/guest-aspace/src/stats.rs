@@ -50,20 +50,25 @@ pub struct SpaceStats {
     pub faults: FaultCounters,
 }
 
-/// `bytes` in the largest binary unit that divides it exactly: `256 MiB`,
-/// `4 KiB`, `1536 B`.
+/// `bytes` in the largest binary unit not above it, exact or to one
+/// decimal (rounded down): `256 MiB`, `4 KiB`, `1.5 KiB`, `208.2 MiB`.
 pub(crate) struct Size(pub(crate) u128);
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
         let mut unit = 0;
-        let mut v = self.0;
-        while unit + 1 < UNITS.len() && v >= 1024 && v % 1024 == 0 {
-            v /= 1024;
+        let mut scale = 1u128;
+        while unit + 1 < UNITS.len() && self.0 >= scale * 1024 {
+            scale *= 1024;
             unit += 1;
         }
-        write!(f, "{v} {}", UNITS[unit])
+        let (whole, rest) = (self.0 / scale, self.0 % scale);
+        if rest == 0 {
+            write!(f, "{whole} {}", UNITS[unit])
+        } else {
+            write!(f, "{whole}.{} {}", rest * 10 / scale, UNITS[unit])
+        }
     }
 }
 
@@ -258,6 +263,8 @@ mod tests {
         assert_eq!(format!("{}", Size(4096)), "4 KiB");
         assert_eq!(format!("{}", Size(0xa_0000)), "640 KiB");
         assert_eq!(format!("{}", Size(1 << 30)), "1 GiB");
-        assert_eq!(format!("{}", Size(1536)), "1536 B");
+        assert_eq!(format!("{}", Size(1536)), "1.5 KiB");
+        assert_eq!(format!("{}", Size(213_208 << 10)), "208.2 MiB");
+        assert_eq!(format!("{}", Size(1023)), "1023 B");
     }
 }
