@@ -6,6 +6,11 @@
 //! tables map that to a [`HostPhysAddr`]. Keeping the four address spaces
 //! apart in the type system makes mixing them a compile error.
 //!
+//! VM config records: [`RegionConfig`] (one `memory_regions` record) and
+//! [`DevicesConfig`] (the `[devices]` table), checked with errors that name
+//! the field. Feature `serde` derives `serde::Deserialize` for the
+//! `[devices]` records, so a hypervisor reading a TOML config needs no glue.
+//!
 //! ```
 //! use gpa_types::{GuestPhysAddr, HostPhysAddr, MemoryAddr, PageSize};
 //!
