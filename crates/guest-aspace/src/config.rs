@@ -104,11 +104,15 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// - `emu_devices` become emulated MMIO regions, left unmapped so that
     ///   accesses trap ([`crate::FaultOutcome::Mmio`]).
     ///
-    /// Every record is checked before any is added ([`DevicesConfig::check`];
-    /// [`AspaceError::DeviceConfig`]); a record that cannot be placed is
-    /// [`AspaceError::DevicePlacement`] naming its list, index and field.
-    /// On error the regions of the earlier records of this call stay (build
-    /// a fresh space from the config to start over).
+    /// Every record is checked before any is added: its fields
+    /// ([`DevicesConfig::check`]; [`AspaceError::DeviceConfig`]), then its
+    /// guest window against the space's window, its regions and the earlier
+    /// records ([`AspaceError::DevicePlacement`] naming the list, index and
+    /// field). Those errors leave the space as it was. Only a refusal of
+    /// the nested table itself (out of frames, a host address beyond the
+    /// format's width) can stop the call part-way; the regions of the
+    /// earlier records then stay (build a fresh space from the config to
+    /// start over).
     pub fn add_devices(&mut self, devices: &DevicesConfig) -> AspaceResult<TlbFlush> {
         devices
             .check()
@@ -117,10 +121,55 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 index,
                 error,
             })?;
-        let rw_dev = MappingFlags::READ | MappingFlags::WRITE | MappingFlags::DEVICE;
-        let mut flush = TlbFlush::none();
         // `check` proved every base and length fits in a `usize`.
         let us = |v: u64| v as usize;
+        // Every guest window, in the order the records are added.
+        let d = devices;
+        let windows = || {
+            let pd = d.passthrough_devices.iter().enumerate().map(|(i, r)| {
+                (
+                    DeviceSection::PassthroughDevices,
+                    i,
+                    us(r.base_gpa),
+                    us(r.length),
+                )
+            });
+            let pa = d.passthrough_addresses.iter().enumerate().map(|(i, r)| {
+                (
+                    DeviceSection::PassthroughAddresses,
+                    i,
+                    us(r.base_gpa),
+                    us(r.length),
+                )
+            });
+            let emu = d
+                .emu_devices
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (DeviceSection::EmuDevices, i, us(r.base_gpa), us(r.length)));
+            pd.chain(pa).chain(emu)
+        };
+        // Placement first, all or nothing: against the space, then against
+        // the earlier records (no allocation: the lists are walked again).
+        for (k, (section, index, start, len)) in windows().enumerate() {
+            let gpa = GuestPhysAddr::from_usize(start);
+            self.check_free(start, len)
+                .map_err(|e| self.device_error(section, index, gpa, e))?;
+            let end = start + len;
+            if let Some((_, _, other, _)) = windows()
+                .take(k)
+                .find(|&(_, _, s, l)| s < end && start < s + l)
+            {
+                return Err(AspaceError::DevicePlacement {
+                    section,
+                    index,
+                    field: DeviceField::BaseGpa,
+                    error: PlacementError::Overlap(GuestPhysAddr::from_usize(other)),
+                });
+            }
+        }
+        let rw_dev = MappingFlags::READ | MappingFlags::WRITE | MappingFlags::DEVICE;
+        let mut flush = TlbFlush::none();
         for (index, d) in devices.passthrough_devices.iter().enumerate() {
             let gpa = GuestPhysAddr::from_usize(us(d.base_gpa));
             let hpa = HostPhysAddr::from_usize(us(d.base_hpa));

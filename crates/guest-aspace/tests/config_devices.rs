@@ -218,3 +218,30 @@ fn host_width_is_the_hpa_field() {
         "{e:?}"
     );
 }
+
+#[test]
+fn placement_is_checked_before_anything_is_added() {
+    let alloc = HostFrameAllocator::new();
+    let (mut space, f) =
+        Space::from_config(&alloc, window(), &RAM, ConfigOptions::default()).unwrap();
+    f.ignore();
+    let mut d = devices();
+    // The last record overlaps the first: nothing of the table is added.
+    d.emu_devices.push(emu("clash", 0xfec0_0000, 0x2000));
+    let e = space.add_devices(&d).unwrap_err();
+    assert_eq!(
+        e,
+        AspaceError::DevicePlacement {
+            section: DeviceSection::EmuDevices,
+            index: 1,
+            field: DeviceField::BaseGpa,
+            error: PlacementError::Overlap(GuestPhysAddr::from(0xfec0_0000)),
+        }
+    );
+    assert_eq!(space.regions().count(), 1);
+    assert_eq!(space.table_stats().mapped_bytes(), 0x100_0000);
+    // The same table without the clash goes in whole.
+    d.emu_devices.pop();
+    space.add_devices(&d).unwrap().ignore();
+    assert_eq!(space.regions().count(), 5);
+}
