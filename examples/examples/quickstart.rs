@@ -6,10 +6,13 @@
 //! cargo run --release --example quickstart [-- [--arch x86_64|aarch64|riscv64] [path/to/vm.toml]]
 //! ```
 //!
-//! Without a path it runs a built-in x86-64 config. The architecture comes
-//! from `--arch`, else the config's `[base] arch`, else x86_64. A bad config
-//! is reported with the record index and field at fault, and the exit code
-//! is 1.
+//! Without a path it runs a built-in x86-64 config. It reads unmodified
+//! AxVisor VM configs, `[devices]` included. The architecture comes from
+//! `--arch`, else the config's `[base] arch` (an extension; AxVisor's files
+//! have none), else the first hint in the file name, VM name, kernel path
+//! or device names, else x86_64; the report says which and why. A bad
+//! config is reported with the section, record index and field at fault,
+//! and the exit code is 1.
 
 use std::io::{ErrorKind, Write};
 use std::process::ExitCode;
@@ -83,7 +86,7 @@ fn main() -> ExitCode {
     let mut out = stdout.lock();
     // A failed write to stdout (a closed pipe) is reported like any error.
     let _ = writeln!(out, "config: {source}");
-    match run_demo(&cfg, args.arch, &mut out) {
+    match run_demo(&cfg, args.arch, args.path.as_deref(), &mut out) {
         Ok(_) => ExitCode::SUCCESS,
         // The reader went away (`| head`): not a failure of the demo.
         Err(DemoError::Io(e)) if e.kind() == ErrorKind::BrokenPipe => ExitCode::SUCCESS,

@@ -5,34 +5,48 @@
 //! ```toml
 //! [base]
 //! name = "my-vm"
-//! arch = "x86_64"          # not in AxVisor's format: picks the table format
+//! arch = "x86_64"          # extension, optional: picks the table format
 //!
 //! [kernel]
 //! entry_point = 0x10_0000  # optional, shown as a sample translation
+//! kernel_path = "bzImage"  # optional, a hint for the architecture
 //! memory_regions = [
 //!     # [base_paddr, size, flags, map_type]
 //!     [0x0, 0x1000_0000, 0x7, 0],
 //! ]
 //!
-//! [demo]                   # not in AxVisor's format: the demo's own extras
+//! [devices]
+//! passthrough_devices = [["IO APIC", 0xfec0_0000, 0xfec0_0000, 0x1000, 1]]
+//! passthrough_addresses = [[0xfed0_0000, 0x1000]]
+//! emu_devices = [["virtio-blk", 0xff00_0000, 0x1000, 33, 0xe1, []]]
+//!
+//! [demo]                   # extension: the demo's own extras
 //! lazy_ram = [0x1_0000_0000, 0x400_0000]
 //! ```
 //!
-//! Other keys and tables of a full AxVisor config (`[devices]`, `cpu_num`,
-//! `kernel_path`, ...) are accepted and ignored, so real configs load as
+//! Other keys and tables of a full AxVisor config (`cpu_num`,
+//! `interrupt_mode`, ...) are accepted and ignored, so real configs load as
 //! they are. `flags` bits: 0 read, 1 write, 2 execute, 3 user, 4 device,
 //! 5 uncached. `map_type`: 0 `MAP_ALLOC` (RAM), 1 `MAP_IDENTICAL`, 2
-//! `MAP_RESERVED` (both GPA == HPA pass-through), 3 MMIO (emulated), 4 ROM.
+//! `MAP_RESERVED` (both GPA == HPA pass-through) are AxVisor's; 3 MMIO
+//! (emulated) and 4 ROM are this project's extensions, which AxVisor does
+//! not read.
+//!
+//! Real AxVisor configs carry no `arch` key: [`choose_arch`] says which
+//! architecture it picked and why.
 
 use std::fmt;
 use std::str::FromStr;
 
+use gpa_types::DevicesConfig;
 use serde::Deserialize;
 
 use crate::error::DemoError;
 
 /// The config the demo runs when given none: a small x86-64 PC.
 pub const DEFAULT_CONFIG: &str = r#"
+# map_type 3 (MMIO) and 4 (ROM), `[base] arch` and `[demo]` are this
+# project's extensions of AxVisor's format.
 [base]
 id = 0
 name = "quickstart-pc"
@@ -113,8 +127,12 @@ pub struct VmConfig {
     pub arch: Option<Arch>,
     /// `[kernel] entry_point`, if given.
     pub entry_point: Option<u64>,
+    /// `[kernel] kernel_path`, if given (an architecture hint).
+    pub kernel_path: Option<String>,
     /// `[kernel] memory_regions`: `[base_paddr, size, flags, map_type]`.
     pub memory_regions: Vec<[u64; 4]>,
+    /// The `[devices]` table (empty lists when absent).
+    pub devices: DevicesConfig,
     /// `[demo] lazy_ram`: `(base, size)` of RAM populated on faults. When
     /// absent the demo places 16 MiB above the highest region.
     pub lazy_ram: Option<(u64, u64)>,
@@ -126,6 +144,8 @@ struct ConfigFile {
     #[serde(default)]
     base: BaseTable,
     kernel: KernelTable,
+    #[serde(default)]
+    devices: DevicesConfig,
     #[serde(default)]
     demo: DemoTable,
 }
@@ -139,6 +159,7 @@ struct BaseTable {
 #[derive(Deserialize)]
 struct KernelTable {
     entry_point: Option<i64>,
+    kernel_path: Option<String>,
     memory_regions: Vec<Vec<i64>>,
 }
 
@@ -209,7 +230,9 @@ impl VmConfig {
             name: file.base.name.unwrap_or_else(|| "unnamed".into()),
             arch,
             entry_point,
+            kernel_path: file.kernel.kernel_path,
             memory_regions,
+            devices: file.devices,
             lazy_ram,
         })
     }
@@ -218,6 +241,95 @@ impl VmConfig {
     pub fn builtin() -> Result<Self, DemoError> {
         Self::parse(DEFAULT_CONFIG)
     }
+}
+
+/// Words that point at an architecture when they appear in a file name, a
+/// VM or kernel name, or a device name (lower case).
+const HINTS: [(&str, Arch); 17] = [
+    ("x86_64", Arch::X86_64),
+    ("x86-64", Arch::X86_64),
+    ("amd64", Arch::X86_64),
+    ("bzimage", Arch::X86_64),
+    ("apic", Arch::X86_64),
+    ("hpet", Arch::X86_64),
+    ("aarch64", Arch::Aarch64),
+    ("arm64", Arch::Aarch64),
+    ("gic", Arch::Aarch64),
+    ("pl011", Arch::Aarch64),
+    ("pl031", Arch::Aarch64),
+    ("riscv", Arch::Riscv64),
+    ("rv64", Arch::Riscv64),
+    ("plic", Arch::Riscv64),
+    ("clint", Arch::Riscv64),
+    ("aclint", Arch::Riscv64),
+    ("sifive", Arch::Riscv64),
+];
+
+/// The first architecture word in `text`.
+fn hint(text: &str) -> Option<(Arch, &'static str)> {
+    let lower = text.to_ascii_lowercase();
+    HINTS
+        .iter()
+        .find(|(word, _)| lower.contains(word))
+        .map(|&(word, arch)| (arch, word))
+}
+
+/// Picks the architecture: `--arch` if given, else the config's `[base]
+/// arch` (an extension), else the first hint in the file name, `[base]
+/// name`, `[kernel] kernel_path` and the device names, else x86_64.
+/// Returns it with the reason, for the report.
+///
+/// ```
+/// use npt_examples::{Arch, VmConfig, choose_arch};
+///
+/// let cfg = VmConfig::parse("[kernel]\nmemory_regions = []\n")?;
+/// let (arch, why) = choose_arch(&cfg, None, Some("configs/vms/linux-aarch64-qemu.toml"));
+/// assert_eq!(arch, Arch::Aarch64);
+/// assert!(why.contains("file name"), "{why}");
+/// # Ok::<(), npt_examples::DemoError>(())
+/// ```
+pub fn choose_arch(cfg: &VmConfig, cli: Option<Arch>, path: Option<&str>) -> (Arch, String) {
+    if let Some(arch) = cli {
+        return (arch, "given with --arch".into());
+    }
+    if let Some(arch) = cfg.arch {
+        return (arch, "from [base] arch (an extension of this demo)".into());
+    }
+    let file = path.map(|p| {
+        std::path::Path::new(p)
+            .file_name()
+            .map_or_else(|| p.to_string(), |n| n.to_string_lossy().into_owned())
+    });
+    let mut places: Vec<(String, String)> = Vec::new();
+    if let Some(f) = file {
+        places.push((format!("the file name `{f}`"), f));
+    }
+    places.push((format!("[base] name `{}`", cfg.name), cfg.name.clone()));
+    if let Some(k) = &cfg.kernel_path {
+        places.push((format!("[kernel] kernel_path `{k}`"), k.clone()));
+    }
+    let d = &cfg.devices;
+    for (i, dev) in d.passthrough_devices.iter().enumerate() {
+        places.push((
+            format!("passthrough_devices[{i}] `{}`", dev.name),
+            dev.name.clone(),
+        ));
+    }
+    for (i, dev) in d.emu_devices.iter().enumerate() {
+        places.push((format!("emu_devices[{i}] `{}`", dev.name), dev.name.clone()));
+    }
+    for (place, text) in &places {
+        if let Some((arch, word)) = hint(text) {
+            return (
+                arch,
+                format!("assumed: the config has no arch key and {place} mentions `{word}`"),
+            );
+        }
+    }
+    (
+        Arch::X86_64,
+        "assumed: the config has no arch key and names nothing architecture-specific; x86_64 is the default".into(),
+    )
 }
 
 #[cfg(test)]
@@ -260,6 +372,56 @@ mod tests {
         assert!(e.to_string().contains("line 2"), "{e}");
         let e = VmConfig::parse("[base]\nname = 'x'\n").unwrap_err();
         assert!(e.to_string().contains("kernel"), "{e}");
+    }
+
+    #[test]
+    fn devices_deserialize_without_glue() {
+        let cfg = VmConfig::parse(
+            r#"
+[kernel]
+memory_regions = []
+[devices]
+interrupt_mode = "passthrough"
+passthrough_devices = [["IO APIC", 0xfec0_0000, 0xfec0_0000, 0x1000, 0x1]]
+passthrough_addresses = [[0xfed0_0000, 0x1000]]
+emu_devices = [["gicd", 0x0800_0000, 0x1_0000, 0, 0x21, [1, 2]], ["uart", 0x0900_0000, 0x1000, 33, 2, []]]
+"#,
+        )
+        .unwrap();
+        let d = &cfg.devices;
+        assert_eq!(d.passthrough_devices[0].name, "IO APIC");
+        assert_eq!(d.passthrough_devices[0].base_hpa, 0xfec0_0000);
+        assert_eq!(d.passthrough_addresses[0].length, 0x1000);
+        assert_eq!(d.emu_devices[0].emu_type, 0x21);
+        assert_eq!(d.emu_devices[0].config, vec![1, 2]);
+        assert_eq!(d.emu_devices[1].irq, 33);
+        // A record of the wrong shape is refused by the TOML reader, with its line.
+        let e = VmConfig::parse(
+            "[kernel]\nmemory_regions = []\n[devices]\npassthrough_addresses = [[0x1000]]\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("line 4"), "{e}");
+        // No [devices] at all: empty.
+        assert!(VmConfig::builtin().unwrap().devices.is_empty());
+    }
+
+    #[test]
+    fn arch_is_chosen_with_a_reason() {
+        let cfg = VmConfig::parse("[base]\nname = 'linux'\n[kernel]\nmemory_regions = []\n[devices]\nemu_devices = [['gppt-gicd', 0x800_0000, 0x1_0000, 0, 0x21, []]]\n").unwrap();
+        let (arch, why) = choose_arch(&cfg, None, Some("vm.toml"));
+        assert_eq!(arch, Arch::Aarch64);
+        assert!(why.contains("emu_devices[0] `gppt-gicd`"), "{why}");
+        assert_eq!(
+            choose_arch(&cfg, Some(Arch::Riscv64), None).0,
+            Arch::Riscv64
+        );
+        let plain = VmConfig::parse("[kernel]\nmemory_regions = []\n").unwrap();
+        let (arch, why) = choose_arch(&plain, None, None);
+        assert_eq!(arch, Arch::X86_64);
+        assert!(why.contains("default"), "{why}");
+        let (arch, why) = choose_arch(&plain, None, Some("configs/nimbos-riscv64.toml"));
+        assert_eq!(arch, Arch::Riscv64);
+        assert!(why.contains("the file name `nimbos-riscv64.toml`"), "{why}");
     }
 
     #[test]

@@ -38,6 +38,13 @@ const RUNS_SHOWN: usize = 4;
 pub struct Report {
     /// The architecture the space was built for.
     pub arch: Arch,
+    /// Why that architecture (given, from the config, or assumed from a hint).
+    pub arch_reason: String,
+    /// Where each region came from, by its start: `memory_regions[i]`,
+    /// `[devices] LIST[i] "name"`, or the demo's own lazy RAM.
+    pub sources: Vec<(GuestPhysAddr, String)>,
+    /// Warnings about the config (e.g. an entry point outside every region).
+    pub warnings: Vec<String>,
     /// The nested-table format's name.
     pub format: &'static str,
     /// The regions, in GPA order, after the fault section ran.
@@ -112,6 +119,7 @@ fn section(out: &mut dyn Write, n: u32, title: &str) -> std::io::Result<()> {
 pub fn run<F: NptFormat>(
     cfg: &VmConfig,
     arch: Arch,
+    arch_reason: &str,
     out: &mut dyn Write,
 ) -> Result<Report, DemoError> {
     let alloc = HostFrameAllocator::new();
@@ -119,23 +127,31 @@ pub fn run<F: NptFormat>(
         GuestPhysAddrRange::from_start_size(GuestPhysAddr::from_usize(0), F::GPA_LIMIT as usize);
 
     let started = Instant::now();
-    let (mut space, flush) = GuestAddrSpace::<F, _>::from_config(
+    let (mut space, flush) = GuestAddrSpace::<F, _>::from_vm_config(
         &alloc,
         window,
         &cfg.memory_regions,
+        &cfg.devices,
         ConfigOptions::default(),
     )
     .map_err(DemoError::Build)?;
     // The VM has never run, so no TLB can hold a stale translation yet.
     flush.ignore();
-    let lazy_base = add_lazy_ram(&mut space, cfg)?;
+    let lazy = add_lazy_ram(&mut space, cfg)?;
+    let lazy_base = lazy.map(|(base, _)| base);
     let built = started.elapsed();
+    let sources = sources(cfg, lazy);
+    let warnings = warnings(&space, cfg);
 
     writeln!(
         out,
         "npt quickstart: VM \"{}\" ({arch}, {})",
         cfg.name,
         F::NAME
+    )?;
+    writeln!(
+        out,
+        "  architecture {arch}: {arch_reason} (--arch overrides)"
     )?;
     writeln!(
         out,
@@ -152,24 +168,37 @@ pub fn run<F: NptFormat>(
         built.as_secs_f64() * 1e3,
         alloc.live_frames()
     )?;
-    if let Some(base) = lazy_base {
-        writeln!(
+    match lazy {
+        Some((base, LazySource::Config)) => writeln!(
             out,
-            "  lazy RAM at {base:#x} (no frames until the guest touches it)"
-        )?;
+            "  lazy RAM at {base:#x} from [demo] lazy_ram (no frames until the guest touches it)"
+        )?,
+        Some((base, LazySource::Invented)) => writeln!(
+            out,
+            "  lazy RAM at {base:#x}: 16 MiB added by the demo, not in the config, to show a fault filling a page"
+        )?,
+        None => {}
+    }
+    for w in &warnings {
+        writeln!(out, "  warning: {w}")?;
     }
     writeln!(
         out,
         "  (host frames come from HostFrameAllocator: an HPA here is a host heap address)"
     )?;
 
-    print_regions(&space, out)?;
+    print_regions(&space, &sources, out)?;
+    print_devices(&space, cfg, out)?;
     let stats = space.table_stats();
     print_stats(&space, out)?;
     let translations = print_translations(&space, cfg, out)?;
     let (gva_walks, greeting) = print_gva(&mut space, arch, out)?;
     let faults = print_faults(&mut space, arch, lazy_base, out)?;
     let mapped_runs = print_info_mem(&space, out)?;
+    writeln!(out, "  statistics (SpaceStats's Display):")?;
+    for line in space.stats().to_string().lines() {
+        writeln!(out, "    {line}")?;
+    }
     let regions: Vec<RegionInfo> = space.regions().collect();
 
     drop(space);
@@ -184,6 +213,9 @@ pub fn run<F: NptFormat>(
 
     Ok(Report {
         arch,
+        arch_reason: arch_reason.to_string(),
+        sources,
+        warnings,
         format: F::NAME,
         regions,
         stats,
@@ -199,14 +231,23 @@ pub fn run<F: NptFormat>(
     })
 }
 
+/// Where the demo's lazy RAM came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LazySource {
+    /// `[demo] lazy_ram` of the config.
+    Config,
+    /// Not in the config: 16 MiB the demo placed above the highest region.
+    Invented,
+}
+
 /// Adds the config's lazy RAM, or 16 MiB above the highest region; returns
-/// its base.
+/// its base and where it came from.
 fn add_lazy_ram<F: NptFormat, A: FrameAllocator>(
     space: &mut GuestAddrSpace<F, A>,
     cfg: &VmConfig,
-) -> Result<Option<usize>, DemoError> {
+) -> Result<Option<(usize, LazySource)>, DemoError> {
     let rwx = MappingFlags::READ | MappingFlags::WRITE | MappingFlags::EXECUTE;
-    let (base, size) = match cfg.lazy_ram {
+    let (base, size, source) = match cfg.lazy_ram {
         Some((base, size)) => {
             let (Ok(base), Ok(size)) = (usize::try_from(base), usize::try_from(size)) else {
                 return Err(DemoError::LazyRam(AspaceError::OutsideWindow {
@@ -214,7 +255,7 @@ fn add_lazy_ram<F: NptFormat, A: FrameAllocator>(
                     len: 0,
                 }));
             };
-            (base, size)
+            (base, size, LazySource::Config)
         }
         None => {
             let top = space
@@ -226,7 +267,7 @@ fn add_lazy_ram<F: NptFormat, A: FrameAllocator>(
             if base as u64 + AUTO_LAZY_SIZE as u64 > F::GPA_LIMIT {
                 return Ok(None);
             }
-            (base, AUTO_LAZY_SIZE)
+            (base, AUTO_LAZY_SIZE, LazySource::Invented)
         }
     };
     space
@@ -234,17 +275,83 @@ fn add_lazy_ram<F: NptFormat, A: FrameAllocator>(
         .map_err(DemoError::LazyRam)?
         // The VM has not run: nothing to flush.
         .ignore();
-    Ok(Some(base))
+    Ok(Some((base, source)))
+}
+
+/// Where each region comes from, by its start.
+fn sources(cfg: &VmConfig, lazy: Option<(usize, LazySource)>) -> Vec<(GuestPhysAddr, String)> {
+    let mut out = Vec::new();
+    for (i, r) in cfg.memory_regions.iter().enumerate() {
+        out.push((
+            GuestPhysAddr::from_usize(r[0] as usize),
+            format!("memory_regions[{i}]"),
+        ));
+    }
+    let d = &cfg.devices;
+    for (i, dev) in d.passthrough_devices.iter().enumerate() {
+        out.push((
+            GuestPhysAddr::from_usize(dev.base_gpa as usize),
+            format!("passthrough_devices[{i}] \"{}\"", dev.name),
+        ));
+    }
+    for (i, dev) in d.passthrough_addresses.iter().enumerate() {
+        out.push((
+            GuestPhysAddr::from_usize(dev.base_gpa as usize),
+            format!("passthrough_addresses[{i}]"),
+        ));
+    }
+    for (i, dev) in d.emu_devices.iter().enumerate() {
+        out.push((
+            GuestPhysAddr::from_usize(dev.base_gpa as usize),
+            format!("emu_devices[{i}] \"{}\"", dev.name),
+        ));
+    }
+    match lazy {
+        Some((base, LazySource::Config)) => {
+            out.push((GuestPhysAddr::from_usize(base), "[demo] lazy_ram".into()))
+        }
+        Some((base, LazySource::Invented)) => out.push((
+            GuestPhysAddr::from_usize(base),
+            "added by the demo (not in the config)".into(),
+        )),
+        None => {}
+    }
+    out
+}
+
+/// Things in the config that are legal but probably not meant.
+fn warnings<F: NptFormat, A: FrameAllocator>(
+    space: &GuestAddrSpace<F, A>,
+    cfg: &VmConfig,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(entry) = cfg.entry_point {
+        let inside = usize::try_from(entry)
+            .ok()
+            .and_then(|e| space.find_region(GuestPhysAddr::from_usize(e)));
+        match inside {
+            None => out.push(format!(
+                "[kernel] entry_point {entry:#x} is outside every region: the guest's first fetch would fault"
+            )),
+            Some(r) if !r.flags.contains(MappingFlags::EXECUTE) => out.push(format!(
+                "[kernel] entry_point {entry:#x} is in a region without execute permission ({})",
+                show::flags(r.flags)
+            )),
+            Some(_) => {}
+        }
+    }
+    out
 }
 
 fn print_regions<F: NptFormat, A: FrameAllocator>(
     space: &GuestAddrSpace<F, A>,
+    sources: &[(GuestPhysAddr, String)],
     out: &mut dyn Write,
 ) -> Result<(), DemoError> {
     section(out, 1, "Regions")?;
     writeln!(
         out,
-        "  {:<2} {:<29} {:>10}  {:<9} {:<24} {:<7} {:>10}",
+        "  {:<2} {:<29} {:>10}  {:<9} {:<24} {:<7} {:>10}  from",
         "#", "GPA range", "size", "kind", "backing", "flags", "populated"
     )?;
     for (i, r) in space.regions().enumerate() {
@@ -253,9 +360,13 @@ fn print_regions<F: NptFormat, A: FrameAllocator>(
             r.range.start.as_usize(),
             r.range.end.as_usize()
         );
+        let from = sources
+            .iter()
+            .find(|(start, _)| *start == r.range.start)
+            .map_or("?", |(_, s)| s.as_str());
         writeln!(
             out,
-            "  {:<2} {:<29} {:>10}  {:<9} {:<24} {:<7} {:>10}",
+            "  {:<2} {:<29} {:>10}  {:<9} {:<24} {:<7} {:>10}  {}",
             i,
             range,
             show::size(r.range.size() as u128),
@@ -263,6 +374,68 @@ fn print_regions<F: NptFormat, A: FrameAllocator>(
             show::backing(r.backing),
             show::flags(r.flags),
             show::size(r.populated as u128),
+            from,
+        )?;
+    }
+    Ok(())
+}
+
+/// The `[devices]` table and what each record became.
+fn print_devices<F: NptFormat, A: FrameAllocator>(
+    space: &GuestAddrSpace<F, A>,
+    cfg: &VmConfig,
+    out: &mut dyn Write,
+) -> Result<(), DemoError> {
+    let d = &cfg.devices;
+    if d.is_empty() {
+        writeln!(out, "  [devices]: none in the config")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "  [devices]: {} pass-through device(s), {} pass-through address range(s), {} emulated device(s)",
+        d.passthrough_devices.len(),
+        d.passthrough_addresses.len(),
+        d.emu_devices.len()
+    )?;
+    let became = |gpa: u64| {
+        space
+            .find_region(GuestPhysAddr::from_usize(gpa as usize))
+            .map_or("?".to_string(), |r| show::backing(r.backing))
+    };
+    for (i, dev) in d.passthrough_devices.iter().enumerate() {
+        writeln!(
+            out,
+            "    passthrough_devices[{i}]   {:<22} GPA {:#x}+{:#x} -> HPA {:#x}, irq {}: {}",
+            format!("\"{}\"", dev.name),
+            dev.base_gpa,
+            dev.length,
+            dev.base_hpa,
+            dev.irq,
+            became(dev.base_gpa)
+        )?;
+    }
+    for (i, dev) in d.passthrough_addresses.iter().enumerate() {
+        writeln!(
+            out,
+            "    passthrough_addresses[{i}] {:<22} GPA {:#x}+{:#x}: {}",
+            "",
+            dev.base_gpa,
+            dev.length,
+            became(dev.base_gpa)
+        )?;
+    }
+    for (i, dev) in d.emu_devices.iter().enumerate() {
+        writeln!(
+            out,
+            "    emu_devices[{i}]           {:<22} GPA {:#x}+{:#x}, irq {}, emu_type {:#x}, config {:?}: {}",
+            format!("\"{}\"", dev.name),
+            dev.base_gpa,
+            dev.length,
+            dev.irq,
+            dev.emu_type,
+            dev.config,
+            became(dev.base_gpa)
         )?;
     }
     Ok(())
@@ -296,12 +469,26 @@ fn print_stats<F: NptFormat, A: FrameAllocator>(
     }
     writeln!(out, "  mapped           {}", show::size(mapped))?;
     if mapped > 0 {
-        let per_gib = table_bytes as f64 / (mapped as f64 / GIB);
-        writeln!(
-            out,
-            "  table overhead   {} per GiB mapped (4K-only would need >= 2 MiB per GiB)",
-            show::size(per_gib.round() as u128)
-        )?;
+        // The root and the upper levels cost the same for 1 MiB as for
+        // 1 GiB: a per-GiB rate from a small space would be mostly that
+        // fixed cost, so it is given only from 1 GiB mapped up.
+        let pct = table_bytes as f64 * 100.0 / mapped as f64;
+        if mapped as f64 >= GIB {
+            let per_gib = table_bytes as f64 / (mapped as f64 / GIB);
+            writeln!(
+                out,
+                "  table overhead   {} ({pct:.3}% of mapped), {} per GiB (4K-only would need >= 2 MiB per GiB)",
+                show::size(table_bytes),
+                show::size(per_gib.round() as u128)
+            )?;
+        } else {
+            writeln!(
+                out,
+                "  table overhead   {} for {} mapped ({pct:.3}%; mostly the fixed cost of the upper levels)",
+                show::size(table_bytes),
+                show::size(mapped)
+            )?;
+        }
     }
     Ok(())
 }
@@ -676,8 +863,9 @@ fn print_info_mem<F: NptFormat, A: FrameAllocator>(
             let bytes: usize = rest.iter().map(|r| r.len).sum();
             writeln!(
                 out,
-                "  ... {} more runs in this region ({}), each a separate host allocation",
+                "  ... {} more run{} in this region ({}), each a separate host allocation",
                 rest.len(),
+                if rest.len() == 1 { "" } else { "s" },
                 show::size(bytes as u128)
             )?;
         }
@@ -686,8 +874,9 @@ fn print_info_mem<F: NptFormat, A: FrameAllocator>(
     let total: usize = runs.iter().map(|r| r.len).sum();
     writeln!(
         out,
-        "  {} runs, {} mapped",
+        "  {} run{}, {} mapped",
         runs.len(),
+        if runs.len() == 1 { "" } else { "s" },
         show::size(total as u128)
     )?;
     Ok(runs.len())

@@ -29,7 +29,7 @@
 //!
 //! let cfg = VmConfig::builtin()?;
 //! let mut report = Vec::new();
-//! let found = run_demo(&cfg, Some(Arch::Riscv64), &mut report)?;
+//! let found = run_demo(&cfg, Some(Arch::Riscv64), None, &mut report)?;
 //! assert_eq!(found.format, "RISC-V Sv39x4");
 //! assert_eq!(found.leaked_frames, 0);
 //! assert!(String::from_utf8_lossy(&report).contains("info mem"));
@@ -49,21 +49,23 @@ use npt_entry::ept::Ept4;
 use npt_entry::gstage::Sv39x4;
 use npt_entry::stage2::Stage2Ipa40;
 
-pub use config::{Arch, DEFAULT_CONFIG, VmConfig};
+pub use config::{Arch, DEFAULT_CONFIG, VmConfig, choose_arch};
 pub use demo::{Report, run};
 pub use error::DemoError;
 
-/// Runs the demo on `cfg` for `arch` if given, else the config's `arch`,
-/// else x86_64, printing the report to `out`.
+/// Runs the demo on `cfg` for `arch` if given, else the architecture
+/// [`choose_arch`] finds in the config and its file name (`path`), printing
+/// the report to `out`.
 pub fn run_demo(
     cfg: &VmConfig,
     arch: Option<Arch>,
+    path: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<Report, DemoError> {
-    let arch = arch.or(cfg.arch).unwrap_or(Arch::X86_64);
+    let (arch, why) = choose_arch(cfg, arch, path);
     match arch {
-        Arch::X86_64 => run::<Ept4>(cfg, arch, out),
-        Arch::Aarch64 => run::<Stage2Ipa40>(cfg, arch, out),
-        Arch::Riscv64 => run::<Sv39x4>(cfg, arch, out),
+        Arch::X86_64 => run::<Ept4>(cfg, arch, &why, out),
+        Arch::Aarch64 => run::<Stage2Ipa40>(cfg, arch, &why, out),
+        Arch::Riscv64 => run::<Sv39x4>(cfg, arch, &why, out),
     }
 }

@@ -27,7 +27,7 @@ const BAD_OVERLAP: &str = include_str!("../configs/bad-overlap.toml");
 
 fn run(cfg: &VmConfig, arch: Option<Arch>) -> (Report, String) {
     let mut out = Vec::new();
-    let report = match run_demo(cfg, arch, &mut out) {
+    let report = match run_demo(cfg, arch, None, &mut out) {
         Ok(r) => r,
         Err(e) => panic!("{} ({arch:?}): {e}", cfg.name),
     };
@@ -200,7 +200,7 @@ fn each_sample_config_runs_for_its_arch() {
 fn bad_overlap_config_names_the_record() {
     let cfg = VmConfig::parse(BAD_OVERLAP).unwrap();
     let mut out = Vec::new();
-    let e = run_demo(&cfg, None, &mut out).unwrap_err();
+    let e = run_demo(&cfg, None, None, &mut out).unwrap_err();
     assert!(matches!(e, DemoError::Build(_)), "{e:?}");
     let msg = e.to_string();
     assert_eq!(
@@ -237,7 +237,8 @@ fn bad_records_name_index_and_field() {
     ];
     for (records, expected) in cases {
         let text = format!("[kernel]\nmemory_regions = {records}\n");
-        let result = VmConfig::parse(&text).and_then(|cfg| run_demo(&cfg, None, &mut Vec::new()));
+        let result =
+            VmConfig::parse(&text).and_then(|cfg| run_demo(&cfg, None, None, &mut Vec::new()));
         let msg = result.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.starts_with(expected), "{records}: got `{msg}`");
     }

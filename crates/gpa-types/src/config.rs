@@ -11,8 +11,10 @@ use crate::{GuestPhysAddr, GuestPhysAddrRange, MappingFlags};
 
 /// How a region's guest-physical range is backed.
 ///
-/// Values 0..=2 are the ones AxVisor's configs use today; 3 and 4 are this
-/// crate's additions.
+/// Values 0..=2 are the ones AxVisor's configs use today; 3 (MMIO) and 4
+/// (ROM) are this crate's extensions, which AxVisor does not read: a config
+/// meant for AxVisor itself describes devices in its `[devices]` table
+/// instead ([`DevicesConfig`](crate::DevicesConfig)).
 #[repr(u8)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MapType {
@@ -22,10 +24,10 @@ pub enum MapType {
     Identical = 1,
     /// `2`, `MAP_RESERVED`: a reserved host range identity-mapped, not owned.
     Reserved = 2,
-    /// `3`, MMIO: device space, unmapped (so accesses exit) or passed through
+    /// `3` (extension), MMIO: device space, unmapped (so accesses exit) or passed through
     /// with the device memory type.
     Mmio = 3,
-    /// `4`, ROM: read-only (and optionally executable) memory such as firmware.
+    /// `4` (extension), ROM: read-only (and optionally executable) memory such as firmware.
     Rom = 4,
 }
 

@@ -6,6 +6,11 @@
 //! tables map that to a [`HostPhysAddr`]. Keeping the four address spaces
 //! apart in the type system makes mixing them a compile error.
 //!
+//! VM config records: [`RegionConfig`] (one `memory_regions` record) and
+//! [`DevicesConfig`] (the `[devices]` table), checked with errors that name
+//! the field. Feature `serde` derives `serde::Deserialize` for the
+//! `[devices]` records, so a hypervisor reading a TOML config needs no glue.
+//!
 //! ```
 //! use gpa_types::{GuestPhysAddr, HostPhysAddr, MemoryAddr, PageSize};
 //!
@@ -19,11 +24,13 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
 mod addr;
 mod config;
+mod devices;
 mod flags;
 mod size;
 
@@ -32,6 +39,10 @@ pub use addr::{
     HostPhysAddrRange, HostVirtAddr, HostVirtAddrRange,
 };
 pub use config::{ConfigError, ConfigField, MapType, RegionConfig};
+pub use devices::{
+    DeviceError, DeviceField, DeviceSection, DevicesConfig, EmulatedDevice, PassthroughAddress,
+    PassthroughDevice,
+};
 pub use flags::{MappingFlags, MemoryType};
 pub use memory_addr::{AddrRange, MemoryAddr};
 pub use size::PageSize;

@@ -1,6 +1,10 @@
-//! Building a space from AxVisor-style `memory_regions` records.
+//! Building a space from an AxVisor VM config: its `memory_regions`
+//! records and its `[devices]` table.
 
-use gpa_types::{ConfigField, GuestPhysAddrRange, MapType, MappingFlags, RegionConfig};
+use gpa_types::{
+    ConfigField, DeviceField, DeviceSection, DevicesConfig, GuestPhysAddr, GuestPhysAddrRange,
+    HostPhysAddr, MapType, MappingFlags, RegionConfig,
+};
 use npt_entry::NptFormat;
 use npt_table::{FrameAllocator, NptError, TlbFlush};
 
@@ -46,6 +50,221 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             flush.merge(space.add_config(index, &cfg, options)?);
         }
         Ok((space, flush))
+    }
+
+    /// Builds a space over `window` from a whole AxVisor VM config: the
+    /// `memory_regions` records (as [`GuestAddrSpace::from_config`]), then
+    /// the `[devices]` table (as [`GuestAddrSpace::add_devices`]). An error
+    /// names the section (`memory_regions[i]` or `[devices] LIST[i]`) and
+    /// the field.
+    ///
+    /// ```
+    /// use guest_aspace::{ConfigOptions, GuestAddrSpace, GuestPhysAddrRange, HostFrameAllocator};
+    /// use guest_aspace::gpa_types::{DevicesConfig, PassthroughDevice};
+    /// use guest_aspace::npt_entry::ept::Ept4;
+    ///
+    /// let alloc = HostFrameAllocator::new();
+    /// let window = GuestPhysAddrRange::from_start_size(0.into(), 1 << 32);
+    /// let devices = DevicesConfig {
+    ///     passthrough_devices: vec![PassthroughDevice {
+    ///         name: "IO APIC".into(),
+    ///         base_gpa: 0xfec0_0000,
+    ///         base_hpa: 0xfec0_0000,
+    ///         length: 0x1000,
+    ///         irq: 1,
+    ///     }],
+    ///     ..DevicesConfig::default()
+    /// };
+    /// let records = [[0x0, 0x100_0000, 0x7, 0]];
+    /// let (space, flush) = GuestAddrSpace::<Ept4, _>::from_vm_config(
+    ///     &alloc, window, &records, &devices, ConfigOptions::default(),
+    /// ).unwrap();
+    /// flush.ignore();
+    /// assert_eq!(space.regions().count(), 2);
+    /// ```
+    pub fn from_vm_config(
+        alloc: A,
+        window: GuestPhysAddrRange,
+        memory_regions: &[[u64; 4]],
+        devices: &DevicesConfig,
+        options: ConfigOptions,
+    ) -> AspaceResult<(Self, TlbFlush)> {
+        let (mut space, mut flush) = Self::from_config(alloc, window, memory_regions, options)?;
+        flush.merge(space.add_devices(devices)?);
+        Ok((space, flush))
+    }
+
+    /// Adds the regions of a `[devices]` table:
+    ///
+    /// - `passthrough_devices` become device pass-through regions
+    ///   ([`GuestAddrSpace::add_mmio`] with the host base): read/write,
+    ///   device memory type, GPA `base_gpa + x` maps HPA `base_hpa + x`;
+    /// - `passthrough_addresses` become identical device regions
+    ///   ([`GuestAddrSpace::add_identical`], read/write, device memory type);
+    /// - `emu_devices` become emulated MMIO regions, left unmapped so that
+    ///   accesses trap ([`crate::FaultOutcome::Mmio`]).
+    ///
+    /// Every record is checked before any is added: its fields
+    /// ([`DevicesConfig::check`]; [`AspaceError::DeviceConfig`]), then its
+    /// guest window against the space's window, its regions and the earlier
+    /// records ([`AspaceError::DevicePlacement`] naming the list, index and
+    /// field). Those errors leave the space as it was. Only a refusal of
+    /// the nested table itself (out of frames, a host address beyond the
+    /// format's width) can stop the call part-way; the regions of the
+    /// earlier records then stay (build a fresh space from the config to
+    /// start over).
+    pub fn add_devices(&mut self, devices: &DevicesConfig) -> AspaceResult<TlbFlush> {
+        devices
+            .check()
+            .map_err(|(section, index, error)| AspaceError::DeviceConfig {
+                section,
+                index,
+                error,
+            })?;
+        // `check` proved every base and length fits in a `usize`.
+        let us = |v: u64| v as usize;
+        // Every guest window, in the order the records are added.
+        let d = devices;
+        let windows = || {
+            let pd = d.passthrough_devices.iter().enumerate().map(|(i, r)| {
+                (
+                    DeviceSection::PassthroughDevices,
+                    i,
+                    us(r.base_gpa),
+                    us(r.length),
+                )
+            });
+            let pa = d.passthrough_addresses.iter().enumerate().map(|(i, r)| {
+                (
+                    DeviceSection::PassthroughAddresses,
+                    i,
+                    us(r.base_gpa),
+                    us(r.length),
+                )
+            });
+            let emu = d
+                .emu_devices
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (DeviceSection::EmuDevices, i, us(r.base_gpa), us(r.length)));
+            pd.chain(pa).chain(emu)
+        };
+        // Placement first, all or nothing: against the space, then against
+        // the earlier records (no allocation: the lists are walked again).
+        for (k, (section, index, start, len)) in windows().enumerate() {
+            let gpa = GuestPhysAddr::from_usize(start);
+            self.check_free(start, len)
+                .map_err(|e| self.device_error(section, index, gpa, e))?;
+            let end = start + len;
+            if let Some((_, _, other, _)) = windows()
+                .take(k)
+                .find(|&(_, _, s, l)| s < end && start < s + l)
+            {
+                return Err(AspaceError::DevicePlacement {
+                    section,
+                    index,
+                    field: DeviceField::BaseGpa,
+                    error: PlacementError::Overlap(GuestPhysAddr::from_usize(other)),
+                });
+            }
+        }
+        let rw_dev = MappingFlags::READ | MappingFlags::WRITE | MappingFlags::DEVICE;
+        let mut flush = TlbFlush::none();
+        for (index, d) in devices.passthrough_devices.iter().enumerate() {
+            let gpa = GuestPhysAddr::from_usize(us(d.base_gpa));
+            let hpa = HostPhysAddr::from_usize(us(d.base_hpa));
+            let f = self
+                .add_mmio(gpa, us(d.length), Some(hpa))
+                .map_err(|e| self.device_error(DeviceSection::PassthroughDevices, index, gpa, e))?;
+            flush.merge(f);
+        }
+        for (index, d) in devices.passthrough_addresses.iter().enumerate() {
+            let gpa = GuestPhysAddr::from_usize(us(d.base_gpa));
+            let f = self.add_identical(gpa, us(d.length), rw_dev).map_err(|e| {
+                self.device_error(DeviceSection::PassthroughAddresses, index, gpa, e)
+            })?;
+            flush.merge(f);
+        }
+        for (index, d) in devices.emu_devices.iter().enumerate() {
+            let gpa = GuestPhysAddr::from_usize(us(d.base_gpa));
+            let f = self
+                .add_mmio(gpa, us(d.length), None)
+                .map_err(|e| self.device_error(DeviceSection::EmuDevices, index, gpa, e))?;
+            flush.merge(f);
+        }
+        Ok(flush)
+    }
+
+    /// The section, index, field and reason of a device placement failure
+    /// for the record at `gpa`.
+    fn device_error(
+        &self,
+        section: DeviceSection,
+        index: usize,
+        gpa: GuestPhysAddr,
+        e: AspaceError,
+    ) -> AspaceError {
+        let base = gpa.as_usize();
+        let window = self.window;
+        // Guest-side failures are the base's when the base itself is bad,
+        // else the length's (the end is what went too far).
+        let gpa_or_len = |at: usize| {
+            if at == base {
+                DeviceField::BaseGpa
+            } else {
+                DeviceField::Length
+            }
+        };
+        // Host addresses are the base_hpa of a pass-through device, and the
+        // guest base of an identity range.
+        let host = if section == DeviceSection::PassthroughDevices {
+            DeviceField::BaseHpa
+        } else {
+            DeviceField::BaseGpa
+        };
+        let (field, error) = match e {
+            AspaceError::OutsideWindow { .. } => {
+                let inside = base >= window.0 && base < window.1;
+                let field = if inside {
+                    DeviceField::Length
+                } else {
+                    DeviceField::BaseGpa
+                };
+                (field, PlacementError::OutsideWindow)
+            }
+            AspaceError::Overlap { existing, .. } => {
+                (DeviceField::BaseGpa, PlacementError::Overlap(existing))
+            }
+            AspaceError::NoMemory | AspaceError::Table(NptError::NoMemory) => {
+                (DeviceField::Length, PlacementError::NoMemory)
+            }
+            AspaceError::Table(t) => {
+                let field = match t {
+                    NptError::ZeroLength => DeviceField::Length,
+                    NptError::GpaNotAligned { value, .. } => gpa_or_len(value),
+                    NptError::GpaOutOfRange { gpa, .. } => gpa_or_len(gpa.as_usize()),
+                    NptError::HpaNotAligned { .. } | NptError::HpaOutOfRange { .. } => host,
+                    _ => DeviceField::BaseGpa,
+                };
+                (field, PlacementError::Table(t))
+            }
+            // `check` rules these out; named anyway.
+            AspaceError::ZeroSize => (
+                DeviceField::Length,
+                PlacementError::Table(NptError::ZeroLength),
+            ),
+            AspaceError::NotAligned { value, align } => (
+                gpa_or_len(value),
+                PlacementError::Table(NptError::GpaNotAligned { value, align }),
+            ),
+            other => return other,
+        };
+        AspaceError::DevicePlacement {
+            section,
+            index,
+            field,
+            error,
+        }
     }
 
     /// Adds one record (see [`GuestAddrSpace::from_config`] for what each

@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use gpa_types::{ConfigError, ConfigField, GuestPhysAddr};
+use gpa_types::{ConfigError, ConfigField, DeviceError, DeviceField, DeviceSection, GuestPhysAddr};
 use npt_table::NptError;
 
 /// Why an address-space operation was refused. On error the space is as it
@@ -76,6 +76,27 @@ pub enum AspaceError {
         index: usize,
         /// The field at fault.
         field: ConfigField,
+        /// The underlying error.
+        error: PlacementError,
+    },
+    /// A `[devices]` record is invalid (zero length, unaligned, overflow).
+    DeviceConfig {
+        /// The list it is in.
+        section: DeviceSection,
+        /// Index of the record in that list.
+        index: usize,
+        /// What is wrong with it (it names the field).
+        error: DeviceError,
+    },
+    /// A `[devices]` record is valid alone but cannot be placed (overlap,
+    /// window, host width).
+    DevicePlacement {
+        /// The list it is in.
+        section: DeviceSection,
+        /// Index of the record in that list.
+        index: usize,
+        /// The field at fault.
+        field: DeviceField,
         /// The underlying error.
         error: PlacementError,
     },
@@ -200,6 +221,17 @@ impl fmt::Display for AspaceError {
             } => {
                 write!(f, "memory_regions[{index}]: {field}: {error}")
             }
+            Self::DeviceConfig {
+                section,
+                index,
+                error,
+            } => write!(f, "[devices] {section}[{index}]: {error}"),
+            Self::DevicePlacement {
+                section,
+                index,
+                field,
+                error,
+            } => write!(f, "[devices] {section}[{index}]: {field}: {error}"),
             Self::NoMemory => write!(f, "out of memory"),
         }
     }
@@ -222,7 +254,9 @@ impl From<AspaceError> for axerrno::AxErrorKind {
             | AspaceError::BufferTooSmall { .. }
             | AspaceError::NotAligned { .. }
             | AspaceError::Config { .. }
-            | AspaceError::ConfigPlacement { .. } => K::InvalidInput,
+            | AspaceError::ConfigPlacement { .. }
+            | AspaceError::DeviceConfig { .. }
+            | AspaceError::DevicePlacement { .. } => K::InvalidInput,
         }
     }
 }

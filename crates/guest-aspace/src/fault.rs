@@ -101,6 +101,51 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         gpa: GuestPhysAddr,
         access: Access,
     ) -> AspaceResult<FaultOutcome> {
+        let result = self.handle_fault_inner(gpa, access);
+        let c = &mut self.counters;
+        match &result {
+            Ok(FaultOutcome::Fixed(_flush)) => {
+                c.fixed += 1;
+                trace!(
+                    "guest-aspace: {access:?} fault at {:#x} fixed; flush {_flush}",
+                    gpa.as_usize()
+                );
+            }
+            Ok(FaultOutcome::Mmio { .. }) => {
+                c.mmio += 1;
+                trace!(
+                    "guest-aspace: {access:?} fault at {:#x}: MMIO",
+                    gpa.as_usize()
+                );
+            }
+            Ok(FaultOutcome::Violation { kind: _kind, .. }) => {
+                c.violation += 1;
+                trace!(
+                    "guest-aspace: {access:?} fault at {:#x}: violation in {} region",
+                    gpa.as_usize(),
+                    _kind
+                );
+            }
+            Ok(FaultOutcome::Unmapped { .. }) => {
+                c.unmapped += 1;
+                trace!(
+                    "guest-aspace: {access:?} fault at {:#x}: unmapped",
+                    gpa.as_usize()
+                );
+            }
+            Err(_e) => trace!(
+                "guest-aspace: {access:?} fault at {:#x} failed: {_e}",
+                gpa.as_usize()
+            ),
+        }
+        result
+    }
+
+    fn handle_fault_inner(
+        &mut self,
+        gpa: GuestPhysAddr,
+        access: Access,
+    ) -> AspaceResult<FaultOutcome> {
         let addr = gpa.as_usize();
         let Some(region) = self.region_at(addr) else {
             return Ok(FaultOutcome::Unmapped { gpa });
@@ -125,13 +170,20 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         let write = access == Access::Write;
         // One region lookup (above, repeated mutably here, which the borrow
         // rules need) and one walk, acting where it ended.
-        let Self { table, regions, .. } = self;
+        let Self {
+            table,
+            regions,
+            counters,
+            ..
+        } = self;
         let Some(region) = crate::space::region_in(regions, page) else {
             return Ok(FaultOutcome::Unmapped { gpa });
         };
         match table.entry(page.into())? {
             Entry::Vacant(vacant) if region.is_lazy() => {
-                Ok(FaultOutcome::Fixed(fill(vacant, region, page, write)?))
+                let flush = fill(vacant, region, page, write)?;
+                counters.pages_populated += 1;
+                Ok(FaultOutcome::Fixed(flush))
             }
             Entry::Vacant(_) => Ok(FaultOutcome::Unmapped { gpa }),
             // Mapped: a write while dirty logging write-protects the page,
@@ -152,11 +204,20 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// write permission unless `dirty`, in which case it is marked dirty.
     #[inline]
     pub(crate) fn populate_page(&mut self, page: usize, dirty: bool) -> AspaceResult<TlbFlush> {
-        let Self { table, regions, .. } = self;
+        let Self {
+            table,
+            regions,
+            counters,
+            ..
+        } = self;
         let region = crate::space::region_in(regions, page)
             .ok_or(AspaceError::NoRegion { gpa: page.into() })?;
         match table.entry(page.into())? {
-            Entry::Vacant(vacant) => fill(vacant, region, page, dirty),
+            Entry::Vacant(vacant) => {
+                let flush = fill(vacant, region, page, dirty)?;
+                counters.pages_populated += 1;
+                Ok(flush)
+            }
             Entry::Leaf(_) => Ok(TlbFlush::none()),
         }
     }

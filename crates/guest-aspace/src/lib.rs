@@ -29,6 +29,8 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `paging-handler` | yes | `HandlerAllocator`: a `page_table_multiarch::PagingHandler` as a [`FrameAllocator`] |
+//! | `log` | no | `log` records: region changes and removals (debug), faults, their outcomes and completed flushes (trace) |
+//! | `serde` | no | `serde::Deserialize` for the VM config records ([`DevicesConfig`] and its records) |
 //! | `std` | no | the host allocators of [`npt_table`] for tests: `HostFrameAllocator`, `FailingAllocator`, `POISON`; `model`, a reference model of the space for tests and fuzz targets |
 //!
 //! ```
@@ -58,6 +60,32 @@ extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+/// Logs at debug level with feature `log`; otherwise only type-checks the
+/// arguments (no code, no cost).
+macro_rules! debug {
+    ($($arg:tt)*) => {{
+        #[cfg(feature = "log")]
+        log::debug!($($arg)*);
+        #[cfg(not(feature = "log"))]
+        if false {
+            let _ = format_args!($($arg)*);
+        }
+    }};
+}
+
+/// Logs at trace level with feature `log`; otherwise only type-checks the
+/// arguments (no code, no cost).
+macro_rules! trace {
+    ($($arg:tt)*) => {{
+        #[cfg(feature = "log")]
+        log::trace!($($arg)*);
+        #[cfg(not(feature = "log"))]
+        if false {
+            let _ = format_args!($($arg)*);
+        }
+    }};
+}
+
 mod compat;
 mod config;
 mod dirty;
@@ -74,6 +102,7 @@ mod region;
 mod rwlock;
 mod shared;
 mod space;
+mod stats;
 mod zero;
 
 pub use config::ConfigOptions;
@@ -84,12 +113,14 @@ pub use region::{Backing, RegionInfo, RegionKind};
 pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub use shared::SharedAddrSpace;
 pub use space::{GpaInfo, GuestAddrSpace, HostChunk};
+pub use stats::{FaultCounters, SpaceStats};
 
 // One dependency: the crates underneath, and the types most code names.
 pub use gpa_types;
 pub use gpa_types::{
-    GuestPhysAddr, GuestPhysAddrRange, GuestVirtAddr, HostPhysAddr, HostVirtAddr, MapType,
-    MappingFlags, MemoryAddr, PageSize, RegionConfig,
+    DevicesConfig, EmulatedDevice, GuestPhysAddr, GuestPhysAddrRange, GuestVirtAddr, HostPhysAddr,
+    HostVirtAddr, MapType, MappingFlags, MemoryAddr, PageSize, PassthroughAddress,
+    PassthroughDevice, RegionConfig,
 };
 /// The address types `PagingHandler` and `axerrno`-based code are written in.
 pub use memory_addr;

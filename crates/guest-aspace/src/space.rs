@@ -9,6 +9,7 @@ use npt_table::{FrameAllocator, MapPolicy, NestedPageTable, NptError, TableStats
 
 use crate::error::{AspaceError, AspaceResult};
 use crate::region::{Backing, Chunk, Region, RegionInfo, RegionKind};
+use crate::stats::{FaultCounters, SpaceStats};
 
 const PAGE: usize = PageSize::Size4K.bytes();
 
@@ -67,15 +68,37 @@ pub struct GuestAddrSpace<F: NptFormat, A: FrameAllocator> {
     /// (guest address, length). Single 4 KiB frames have no entry (see
     /// [`GuestAddrSpace::hpa_to_gpa`]).
     pub(crate) reverse: BTreeMap<usize, (usize, usize)>,
+    /// Faults handled and lazy pages filled ([`GuestAddrSpace::stats`]).
+    pub(crate) counters: FaultCounters,
 }
 
 impl<F: NptFormat, A: FrameAllocator> core::fmt::Debug for GuestAddrSpace<F, A> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        struct Hex(usize, usize);
+        impl core::fmt::Debug for Hex {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                write!(f, "{:#x}..{:#x}", self.0, self.1)
+            }
+        }
+        struct Regions<'a>(&'a BTreeMap<usize, Region>);
+        impl core::fmt::Debug for Regions<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.debug_map()
+                    .entries(
+                        self.0
+                            .values()
+                            .map(|r| (Hex(r.start, r.end()), r.backing.kind())),
+                    )
+                    .finish()
+            }
+        }
         f.debug_struct("GuestAddrSpace")
             .field("format", &F::NAME)
-            .field("window", &self.window)
-            .field("regions", &self.regions.len())
+            .field("window", &Hex(self.window.0, self.window.1))
+            .field("root", &format_args!("{:#x}", self.root_hpa().as_usize()))
+            .field("regions", &Regions(&self.regions))
             .field("table", &self.table.stats())
+            .field("faults", &self.counters)
             .finish()
     }
 }
@@ -107,6 +130,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             window: (start, end),
             regions: BTreeMap::new(),
             reverse: BTreeMap::new(),
+            counters: FaultCounters::default(),
         })
     }
 
@@ -123,6 +147,23 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// Table statistics.
     pub fn table_stats(&self) -> TableStats {
         self.table.stats()
+    }
+
+    /// A snapshot of the space: table statistics, regions and the fault
+    /// and populate counters. `Display` prints it in a few lines.
+    pub fn stats(&self) -> SpaceStats {
+        let (mut region_bytes, mut populated_bytes) = (0u128, 0u128);
+        for r in self.regions() {
+            region_bytes += r.range.size() as u128;
+            populated_bytes += r.populated as u128;
+        }
+        SpaceStats {
+            table: self.table.stats(),
+            regions: self.regions.len(),
+            region_bytes,
+            populated_bytes,
+            faults: self.counters,
+        }
     }
 
     /// The guest-physical window.
@@ -241,6 +282,14 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         flags: MappingFlags,
         backing: Backing,
     ) -> &mut Region {
+        debug!(
+            "guest-aspace: region [{:#x}, {:#x}) added: {} ({}) {}",
+            start,
+            start.saturating_add(size),
+            backing.kind(),
+            backing,
+            crate::stats::Rights(flags)
+        );
         let region = Region {
             start,
             size,
@@ -595,6 +644,22 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// may keep running, and nothing they still cache can reach a frame
     /// handed to another owner.
     pub fn remove_range(&mut self, gpa: GuestPhysAddr, len: usize) -> AspaceResult<TlbFlush> {
+        let result = self.remove_range_inner(gpa, len);
+        match &result {
+            Ok(flush) => debug!(
+                "guest-aspace: removed [{:#x}, {:#x}); flush {flush}",
+                gpa.as_usize(),
+                gpa.as_usize().saturating_add(len)
+            ),
+            Err(e) => debug!(
+                "guest-aspace: remove [{:#x}, +{len:#x}) refused: {e}",
+                gpa.as_usize()
+            ),
+        }
+        result
+    }
+
+    fn remove_range_inner(&mut self, gpa: GuestPhysAddr, len: usize) -> AspaceResult<TlbFlush> {
         let start = gpa.as_usize();
         if len == 0 {
             return Err(AspaceError::ZeroSize);
@@ -720,6 +785,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         self.regions.clear();
         self.reverse.clear();
         self.park_owned(&owned, &mut flush);
+        debug!("guest-aspace: cleared every region; flush {flush}");
         Ok(flush)
     }
 
@@ -729,6 +795,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// frames that removals unlinked. Returns how many 4 KiB frames went
     /// back to the allocator. See [`NestedPageTable::complete`].
     pub fn complete(&mut self, flush: TlbFlush) -> usize {
+        trace!("guest-aspace: flush completed: {flush}");
         self.table.complete(flush)
     }
 

@@ -52,7 +52,7 @@ pub const FLUSH_RANGES: usize = 8;
 /// without a `memcpy` call (104 bytes): no range of a record that is not
 /// "everything" is longer than the threshold, so lengths fit in 32 bits.
 #[must_use = "stale translations stay cached until the caller flushes what this record names"]
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct TlbFlush {
     /// First byte of each range.
     starts: [usize; FLUSH_RANGES],
@@ -262,10 +262,87 @@ impl TlbFlush {
     }
 }
 
+/// The ranges in hex, `all` or `none`, then the parked tickets if any:
+/// `[0x8000_0000, 0x8020_0000) + [0x9000_0000, 0x9000_1000)`,
+/// `all (parks frames: tickets 3..=4)`.
+impl core::fmt::Display for TlbFlush {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.all {
+            f.write_str("all")?;
+        } else if self.len == 0 {
+            f.write_str("none")?;
+        } else {
+            for (i, r) in self.ranges().enumerate() {
+                if i > 0 {
+                    f.write_str(" + ")?;
+                }
+                write!(f, "[{:#x}, {:#x})", r.start.as_usize(), r.end.as_usize())?;
+            }
+        }
+        if let Some((lo, hi)) = self.tickets() {
+            write!(f, " (parks frames: tickets {lo}..={hi})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Ranges in hex as `start..end`, not the packed arrays:
+/// `TlbFlush { all: false, ranges: [0x1000..0x3000], tickets: None }`.
+impl core::fmt::Debug for TlbFlush {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        struct Ranges<'a>(&'a TlbFlush);
+        impl core::fmt::Debug for Ranges<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                struct Hex(usize, usize);
+                impl core::fmt::Debug for Hex {
+                    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                        write!(f, "{:#x}..{:#x}", self.0, self.1)
+                    }
+                }
+                f.debug_list()
+                    .entries(
+                        self.0
+                            .ranges()
+                            .map(|r| Hex(r.start.as_usize(), r.end.as_usize())),
+                    )
+                    .finish()
+            }
+        }
+        f.debug_struct("TlbFlush")
+            .field("all", &self.all)
+            .field("ranges", &Ranges(self))
+            .field("tickets", &self.tickets())
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::vec::Vec;
+
+    #[test]
+    fn display_and_debug_are_hex() {
+        use std::format;
+        assert_eq!(format!("{}", TlbFlush::none()), "none");
+        assert_eq!(format!("{}", TlbFlush::all()), "all");
+        let mut f = TlbFlush::none();
+        f.add(0x8000_0000, 0x20_0000);
+        f.add(0x9000_0000, 0x1000);
+        assert_eq!(
+            format!("{f}"),
+            "[0x80000000, 0x80200000) + [0x90000000, 0x90001000)"
+        );
+        assert_eq!(
+            format!("{f:?}"),
+            "TlbFlush { all: false, ranges: [0x80000000..0x80200000, 0x90000000..0x90001000], tickets: None }"
+        );
+        f.join_tickets(3, 4);
+        assert_eq!(
+            format!("{f}"),
+            "[0x80000000, 0x80200000) + [0x90000000, 0x90001000) (parks frames: tickets 3..=4)"
+        );
+    }
 
     #[test]
     fn adjacent_ranges_merge() {
