@@ -31,6 +31,15 @@
 //! | `paging-handler` | yes | `HandlerAllocator`: a `page_table_multiarch::PagingHandler` as a [`FrameAllocator`] |
 //! | `std` | no | the host allocators of [`npt_table`] for tests: `HostFrameAllocator`, `FailingAllocator`, `POISON` |
 //!
+//! Frames come from the [`FrameAllocator`] the space is built with (a
+//! `PagingHandler` through `HandlerAllocator`, or your own). Wrapping it in a
+//! [`ZeroedPool`] takes zeroing off the fault path: the hypervisor calls
+//! [`ZeroedPool::refill`] from its idle loop or a housekeeping thread, and
+//! lazy RAM faults and host writes into lazy RAM take a frame that is
+//! already zero ([`FrameAllocator::alloc_zeroed_frame`]), falling back to
+//! zeroing in place when the pool is empty. Frames given back go to the
+//! inner allocator, never straight back into the pool.
+//!
 //! ```
 //! // With feature `std` (the host allocator); everything from one crate.
 //! use guest_aspace::{ConfigOptions, GuestAddrSpace, GuestPhysAddr, GuestPhysAddrRange};
