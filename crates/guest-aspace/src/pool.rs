@@ -117,10 +117,17 @@ impl<A: FrameAllocator> ZeroedPool<A> {
     /// inner allocator runs dry. Returns how many were added.
     ///
     /// Meant for an idle loop or a housekeeping thread: the zeroing runs
-    /// without the pool's lock (with non-temporal stores on x86-64, which
-    /// leave the cache to the vCPUs), and the lock is held only to push
-    /// each batch of frames, so faults taking frames meanwhile wait for a
-    /// few pushes at most.
+    /// without the pool's lock, and the lock is held only to push each
+    /// batch of frames, so faults taking frames meanwhile wait for a few
+    /// pushes at most.
+    ///
+    /// Frames are zeroed with ordinary stores, as on the fault path. The
+    /// pool hands out the frames it zeroed last first, which are the most
+    /// likely to be still cached when the fault writes the new table
+    /// entries and the guest touches the page. In a one-off run of the
+    /// `fault_in_4k` pool rows with non-temporal stores instead, refill
+    /// cost 409 ns a frame against 148 ns, and the 4,096 faults 1.05 ms
+    /// against 0.48 ms, on a host whose 480 MiB L3 holds the whole pool.
     pub fn refill(&self, n: usize) -> usize {
         let mut added = 0;
         while added < n {
@@ -135,17 +142,17 @@ impl<A: FrameAllocator> ZeroedPool<A> {
                 let Some(hpa) = self.inner.alloc_frame() else {
                     break;
                 };
-                crate::zero::stream_frames(&self.inner, hpa, FRAME_SIZE);
+                crate::zero::zero_frames(&self.inner, hpa, FRAME_SIZE);
                 *slot = hpa;
                 got += 1;
             }
             if got == 0 {
                 break;
             }
-            // Every zeroing store of the batch is ordered before the pushes
-            // below (the non-temporal ones need the SFENCE), and so before
-            // the lock's release that hands the frames to a taker.
-            crate::zero::fence();
+            // The zeroing stores above come before the lock's Release below
+            // in program order, so a taker that acquires the lock and pops
+            // one of these frames sees them (ordinary stores: no fence
+            // needed, unlike `zero::stream_frames`).
             let pushed = {
                 let mut frames = self.frames.write();
                 let fits = self.capacity.saturating_sub(frames.len()).min(got);
@@ -215,8 +222,8 @@ impl<A: FrameAllocator> ZeroedPool<A> {
 // with `dealloc_frames(hpa, 1)` to `inner`, as allocated), owned by the pool
 // alone while in the vector and removed from it under the lock before it is
 // returned, so one caller gets it. The pool zeroed all 4096 bytes of it
-// through `inner.phys_to_virt` after taking it and before the fence and the
-// lock release that published it; the taker's lock acquire orders those
+// through `inner.phys_to_virt` after taking it and before the lock release
+// that published it; the taker's lock acquire orders those
 // stores before the return. Frames given back never enter the pool.
 unsafe impl<A: FrameAllocator> FrameAllocator for ZeroedPool<A> {
     fn alloc_frames(&self, count: usize, align: usize) -> Option<HostPhysAddr> {
