@@ -223,8 +223,8 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     }
 }
 
-/// Fills the vacant lazy page at `page` of `region` with a zeroed frame,
-/// mapped where the walk ended. While dirty logging is on the page is
+/// Fills the vacant lazy page at `page` of `region` with a zeroed frame
+/// (a pre-zeroed one from the allocator if it has one ready), mapped where the walk ended. While dirty logging is on the page is
 /// mapped without write permission unless `dirty`, in which case it is
 /// marked dirty.
 #[inline]
@@ -241,6 +241,10 @@ fn fill<F: NptFormat, A: FrameAllocator>(
     }
     // The leaf is the only record of a single frame (see `Region::huge`).
     let (_, flush) = vacant.insert_new(flags, |alloc| {
+        // A frame zeroed ahead of time (`ZeroedPool`), if one is ready.
+        if let Some(hpa) = alloc.alloc_zeroed_frame() {
+            return Some(hpa);
+        }
         let hpa = alloc.alloc_frame()?;
         // The guest (or the host write that populates it) touches it
         // next: zero through the cache (see `zero.rs`).

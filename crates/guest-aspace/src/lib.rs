@@ -33,6 +33,15 @@
 //! | `serde` | no | `serde::Deserialize` for the VM config records ([`DevicesConfig`] and its records) |
 //! | `std` | no | the host allocators of [`npt_table`] for tests: `HostFrameAllocator`, `FailingAllocator`, `POISON`; `model`, a reference model of the space for tests and fuzz targets |
 //!
+//! Frames come from the [`FrameAllocator`] the space is built with (a
+//! `PagingHandler` through `HandlerAllocator`, or your own). Wrapping it in a
+//! [`ZeroedPool`] takes zeroing off the fault path: the hypervisor calls
+//! [`ZeroedPool::refill`] from its idle loop or a housekeeping thread, and
+//! lazy RAM faults and host writes into lazy RAM take a frame that is
+//! already zero ([`FrameAllocator::alloc_zeroed_frame`]), falling back to
+//! zeroing in place when the pool is empty. Frames given back go to the
+//! inner allocator, never straight back into the pool.
+//!
 //! ```
 //! // With feature `std` (the host allocator); everything from one crate.
 //! use guest_aspace::{ConfigOptions, GuestAddrSpace, GuestPhysAddr, GuestPhysAddrRange};
@@ -98,6 +107,7 @@ mod memory;
 #[cfg_attr(docsrs, doc(cfg(feature = "std")))]
 pub mod model;
 mod pod;
+mod pool;
 mod region;
 mod rwlock;
 mod shared;
@@ -109,6 +119,7 @@ pub use config::ConfigOptions;
 pub use error::{AspaceError, AspaceResult, PlacementError};
 pub use fault::{Access, FaultOutcome};
 pub use pod::Pod;
+pub use pool::ZeroedPool;
 pub use region::{Backing, RegionInfo, RegionKind};
 pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub use shared::SharedAddrSpace;

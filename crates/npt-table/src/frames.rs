@@ -29,6 +29,12 @@ pub const FRAME_SIZE: usize = 4096;
 ///   pointer valid for reads and writes of the rest of the allocation, and the
 ///   pointer for `hpa + off` equals the pointer for `hpa` plus `off`.
 ///
+/// An implementor that overrides [`FrameAllocator::alloc_zeroed_frame`]
+/// also promises that a frame it returns there is such an allocation of one
+/// 4 KiB frame (given back with `dealloc_frames(hpa, 1)`) and that all its
+/// 4096 bytes read as zero through `phys_to_virt`, the stores that zeroed
+/// it having happened before the call returned.
+///
 /// Callers of `dealloc_frames` pass back exactly an address and count they
 /// were given, once.
 pub unsafe trait FrameAllocator {
@@ -39,6 +45,16 @@ pub unsafe trait FrameAllocator {
     /// Allocates one 4 KiB frame.
     fn alloc_frame(&self) -> Option<HostPhysAddr> {
         self.alloc_frames(1, FRAME_SIZE)
+    }
+
+    /// A 4 KiB frame already known to be zero, if one is ready: a pool of
+    /// frames zeroed ahead of time (as `guest_aspace::ZeroedPool` keeps).
+    /// `None` says only that none is ready, not that memory is out; the
+    /// caller then takes [`FrameAllocator::alloc_frame`] and zeroes it
+    /// itself. The frame is given back with `dealloc_frames(hpa, 1)`. The
+    /// default has none.
+    fn alloc_zeroed_frame(&self) -> Option<HostPhysAddr> {
+        None
     }
 
     /// Returns `count` frames starting at `hpa`, as allocated.
@@ -56,6 +72,9 @@ unsafe impl<A: FrameAllocator + ?Sized> FrameAllocator for &A {
     }
     fn alloc_frame(&self) -> Option<HostPhysAddr> {
         (**self).alloc_frame()
+    }
+    fn alloc_zeroed_frame(&self) -> Option<HostPhysAddr> {
+        (**self).alloc_zeroed_frame()
     }
     fn dealloc_frames(&self, hpa: HostPhysAddr, count: usize) {
         (**self).dealloc_frames(hpa, count)

@@ -95,7 +95,8 @@ pub(crate) fn check_table_frame(hpa: HostPhysAddr, frames: usize, pa_bits: u32) 
 
 impl Stash {
     /// Allocates and zeroes `count` table frames below `2^pa_bits`, or none
-    /// at all.
+    /// at all. Frames from [`FrameAllocator::alloc_zeroed_frame`] are taken
+    /// first and not zeroed again.
     pub(crate) fn take<A: FrameAllocator>(
         alloc: &A,
         count: usize,
@@ -106,17 +107,26 @@ impl Stash {
             return Err(NptError::NoMemory);
         }
         for _ in 0..count {
-            let Some(hpa) = alloc.alloc_frame() else {
-                stash.give_back(alloc);
-                return Err(NptError::NoMemory);
+            // A frame the allocator zeroed ahead of time, if it has one.
+            let (hpa, zeroed) = match alloc.alloc_zeroed_frame() {
+                Some(hpa) => (hpa, true),
+                None => match alloc.alloc_frame() {
+                    Some(hpa) => (hpa, false),
+                    None => {
+                        stash.give_back(alloc);
+                        return Err(NptError::NoMemory);
+                    }
+                },
             };
             if let Err(e) = check_table_frame(hpa, 1, pa_bits) {
                 alloc.dealloc_frames(hpa, 1);
                 stash.give_back(alloc);
                 return Err(e);
             }
-            // SAFETY: just allocated, not yet reachable from any table.
-            unsafe { zero_frames(alloc, hpa, 1) };
+            if !zeroed {
+                // SAFETY: just allocated, not yet reachable from any table.
+                unsafe { zero_frames(alloc, hpa, 1) };
+            }
             stash.frames.push(hpa);
         }
         Ok(stash)
