@@ -277,15 +277,23 @@ impl<'a, F: NptFormat, A: FrameAllocator> Tree<'a, F, A> {
         until: usize,
         rec: &mut R,
     ) -> Slot<F::Entry> {
+        // Only the shift and index mask move per step (the level is worked
+        // out from the shift once, at the end): `shift == 12` is the last
+        // level, `shift > stop` a level above `until`.
+        const LAST: u32 = PageSize::Size4K.shift();
+        let stop = F::shift(until);
         let mut shift = F::shift(level);
         let mut mask = F::entries(level) - 1;
-        loop {
+        // At most one step per level from `level` to `until`: a trip count
+        // the compiler knows when both are constants (the cursor's walk
+        // from its directory, a translation from the root), so it unrolls.
+        let steps = until.saturating_sub(level) + 1;
+        for _ in 0..steps {
             rec.table(level, table);
             let idx = (gpa >> shift) & mask;
             let entry = table.get(idx);
-            let last = is_last::<F>(level);
-            let kind = entry.kind(last);
-            if kind == EntryKind::Table && !last && level < until {
+            let kind = entry.kind(shift == LAST);
+            if kind == EntryKind::Table && shift > stop && shift > LAST {
                 table = self.child(entry);
                 level += 1;
                 shift -= npt_entry::BITS_PER_LEVEL;
@@ -293,11 +301,15 @@ impl<'a, F: NptFormat, A: FrameAllocator> Tree<'a, F, A> {
                 continue;
             }
             let step = match kind {
-                EntryKind::Leaf => match F::leaf_size(level) {
-                    Some(size) => Step::Leaf(size),
-                    None => Step::Empty,
-                },
-                EntryKind::Table if !last => Step::Table(self.child(entry)),
+                EntryKind::Leaf if shift <= F::MAX_LEAF.shift() => {
+                    match PageSize::from_height(
+                        ((shift - LAST) / npt_entry::BITS_PER_LEVEL) as usize,
+                    ) {
+                        Some(size) => Step::Leaf(size),
+                        None => Step::Empty,
+                    }
+                }
+                EntryKind::Table if shift > LAST => Step::Table(self.child(entry)),
                 _ => Step::Empty,
             };
             return Slot {
@@ -308,6 +320,16 @@ impl<'a, F: NptFormat, A: FrameAllocator> Tree<'a, F, A> {
                 step,
                 shift,
             };
+        }
+        // Not reached: the step at `until` always returns. An empty slot
+        // keeps the function total.
+        Slot {
+            table,
+            level,
+            idx: 0,
+            entry: F::Entry::from_raw(0),
+            step: Step::Empty,
+            shift,
         }
     }
 
