@@ -31,7 +31,8 @@ pub const INFO1_GUEST_TABLE: u32 = 33;
 ///
 /// The access is an instruction fetch if ID is set, else a write if RW is,
 /// else a read. [`FaultOrigin`] comes from bits 32 and 33; setting both
-/// is [`ExitDecodeError::Inconsistent`].
+/// is [`ExitDecodeError::Inconsistent`]. A reserved-bit fault (RSV) is
+/// [`ExitDecodeError::MalformedEntry`]: the nested table itself is wrong.
 ///
 /// ```
 /// use guest_aspace::Access;
@@ -45,6 +46,9 @@ pub const INFO1_GUEST_TABLE: u32 = 33;
 /// ```
 pub fn decode_npf(exitinfo1: u64, exitinfo2: u64) -> Result<ExitFault, ExitDecodeError> {
     let e = exitinfo1;
+    if bit(e, INFO1_RSV) {
+        return Err(ExitDecodeError::MalformedEntry { value: e });
+    }
     let access = if bit(e, INFO1_ID) {
         Access::Execute
     } else if bit(e, INFO1_RW) {
@@ -71,6 +75,18 @@ mod tests {
 
     fn decode(e1: u64, e2: u64) -> Result<(usize, Access, FaultOrigin), ExitDecodeError> {
         decode_npf(e1, e2).map(|f| (f.gpa.as_usize(), f.access, f.origin))
+    }
+
+    /// APM Vol. 2 8.4.2: RSV (bit 3) with P set, on the final GPA: a
+    /// reserved bit in a nested entry, which no fault handling can fix.
+    #[test]
+    fn reserved_bit_faults_are_malformed_entries() {
+        assert_eq!(
+            decode(0x1_0000_0009, 0x4000_0000),
+            Err(ExitDecodeError::MalformedEntry {
+                value: 0x1_0000_0009
+            })
+        );
     }
 
     #[test]

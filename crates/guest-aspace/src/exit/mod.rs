@@ -111,6 +111,14 @@ pub enum ExitDecodeError {
         /// The PAR_EL1 value.
         par: u64,
     },
+    /// The fault reports a malformed second-stage entry, not a missing or
+    /// forbidding one (AMD EXITINFO1 RSV: a reserved bit set in a nested
+    /// entry; the Intel counterpart is the separate EPT-misconfiguration
+    /// exit). The hypervisor's table is wrong; `handle_fault` cannot fix it.
+    MalformedEntry {
+        /// The syndrome.
+        value: u64,
+    },
     /// The address does not fit this host's `usize`.
     AddressTooWide {
         /// The address.
@@ -128,6 +136,10 @@ impl fmt::Display for ExitDecodeError {
                 write!(f, "syndrome {value:#x} names no read, write or fetch")
             }
             Self::Inconsistent { value } => write!(f, "syndrome {value:#x} contradicts itself"),
+            Self::MalformedEntry { value } => write!(
+                f,
+                "syndrome {value:#x} reports a malformed second-stage entry"
+            ),
             Self::AddressNotReported { value } => write!(
                 f,
                 "syndrome {value:#x}: the hardware did not report the guest-physical address"
@@ -149,7 +161,9 @@ impl From<ExitDecodeError> for axerrno::AxErrorKind {
         use axerrno::AxErrorKind as K;
         match e {
             ExitDecodeError::AddressTooWide { .. } => K::OutOfRange,
-            ExitDecodeError::TranslationAborted { .. } => K::BadState,
+            ExitDecodeError::TranslationAborted { .. } | ExitDecodeError::MalformedEntry { .. } => {
+                K::BadState
+            }
             _ => K::InvalidInput,
         }
     }

@@ -1,5 +1,5 @@
-//! Exit decoding for the nested-paging exits, kept in one file so the
-//! library's decoders can replace it.
+//! Exit reasons of the nested-paging exits; the decoding itself is the
+//! library's (`guest_aspace::exit`).
 
 use guest_aspace::Access;
 
@@ -12,27 +12,13 @@ pub mod npf {
 
     /// VMCB EXITCODE of a nested page fault (APM Vol. 2, Appendix C).
     pub const EXITCODE: u64 = 0x400;
-    /// Error code bit 1, R/W: the access was a write.
-    pub const WRITE: u64 = 1 << 1;
-    /// Error code bit 3, RSV: a reserved bit was set in a nested entry.
-    pub const RESERVED: u64 = 1 << 3;
-    /// Error code bit 4, I/D: the access was an instruction fetch.
-    pub const FETCH: u64 = 1 << 4;
 
     /// The faulting GPA and the kind of access, or `None` for a reserved-bit
-    /// fault (a malformed nested entry, which `handle_fault` must not see).
+    /// fault (a malformed nested entry, which `handle_fault` must not see),
+    /// through `guest_aspace::exit::amd::decode_npf`.
     pub fn decode(exitinfo1: u64, exitinfo2: u64) -> Option<(usize, Access)> {
-        if exitinfo1 & RESERVED != 0 {
-            return None;
-        }
-        let access = if exitinfo1 & FETCH != 0 {
-            Access::Execute
-        } else if exitinfo1 & WRITE != 0 {
-            Access::Write
-        } else {
-            Access::Read
-        };
-        Some((exitinfo2 as usize, access))
+        let f = guest_aspace::exit::amd::decode_npf(exitinfo1, exitinfo2).ok()?;
+        Some((f.gpa.as_usize(), f.access))
     }
 }
 
@@ -47,21 +33,12 @@ pub mod ept {
     pub const VIOLATION: u32 = 48;
     /// Basic exit reason: EPT misconfiguration.
     pub const MISCONFIG: u32 = 49;
-    /// Qualification bit 1: the access was a data write.
-    pub const WRITE: u64 = 1 << 1;
-    /// Qualification bit 2: the access was an instruction fetch.
-    pub const FETCH: u64 = 1 << 2;
 
-    /// The GPA and kind of access of an EPT violation (bit 0, a data read,
-    /// is what is left when bits 1 and 2 are clear).
-    pub fn decode(qualification: u64, gpa: u64) -> (usize, Access) {
-        let access = if qualification & FETCH != 0 {
-            Access::Execute
-        } else if qualification & WRITE != 0 {
-            Access::Write
-        } else {
-            Access::Read
-        };
-        (gpa as usize, access)
+    /// The GPA and kind of access of an EPT violation, through
+    /// `guest_aspace::exit::intel::decode_ept_violation`; `None` when the
+    /// qualification names no access.
+    pub fn decode(qualification: u64, gpa: u64) -> Option<(usize, Access)> {
+        let f = guest_aspace::exit::intel::decode_ept_violation(qualification, gpa).ok()?;
+        Some((f.gpa.as_usize(), f.access))
     }
 }

@@ -538,14 +538,14 @@ impl Vcpu {
         }
         match reason & 0xffff {
             EXIT_HLT => Exit::Done(self.regs[0]),
-            ept::VIOLATION => {
-                let (gpa, access) = ept::decode(qual, vmread(VMCS_GUEST_PHYS_ADDR));
-                Exit::Fault {
+            ept::VIOLATION => match ept::decode(qual, vmread(VMCS_GUEST_PHYS_ADDR)) {
+                Some((gpa, access)) => Exit::Fault {
                     gpa,
                     access,
                     code: qual,
-                }
-            }
+                },
+                None => Exit::Other(u64::from(reason), rip, qual),
+            },
             ept::MISCONFIG => {
                 println!(
                     "EPT misconfiguration at GPA {:#x}",
