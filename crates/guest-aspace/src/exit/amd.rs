@@ -132,9 +132,14 @@ mod tests {
 
     #[test]
     fn reserved_bit_fault_and_no_origin() {
-        // P, RSV: a misconfigured nested entry; bits 32/33 clear.
+        // P, RSV: a misconfigured nested entry, whatever bits 32/33 say.
         assert_eq!(
             decode(0x9, 0x2000),
+            Err(ExitDecodeError::MalformedEntry { value: 0x9 })
+        );
+        // P only, bits 32/33 clear: the origin is not reported.
+        assert_eq!(
+            decode(0x1, 0x2000),
             Ok((0x2000, Access::Read, FaultOrigin::Unreported))
         );
     }
