@@ -70,6 +70,8 @@ pub struct GuestAddrSpace<F: NptFormat, A: FrameAllocator> {
     pub(crate) reverse: BTreeMap<usize, (usize, usize)>,
     /// Faults handled and lazy pages filled ([`GuestAddrSpace::stats`]).
     pub(crate) counters: FaultCounters,
+    /// The largest frame (and leaf) eager RAM added from now on may use.
+    pub(crate) ram_page_limit: PageSize,
 }
 
 impl<F: NptFormat, A: FrameAllocator> core::fmt::Debug for GuestAddrSpace<F, A> {
@@ -131,6 +133,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             regions: BTreeMap::new(),
             reverse: BTreeMap::new(),
             counters: FaultCounters::default(),
+            ram_page_limit: PageSize::Size1G,
         })
     }
 
@@ -384,6 +387,37 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         }
     }
 
+    /// Limits the frames (and so the leaves) of owned RAM and ROM added from
+    /// now on to `max`: `PageSize::Size4K` backs it with 4 KiB frames only,
+    /// for RAM that will later be removed or protected at 4 KiB
+    /// granularity (an owned huge frame cannot be cut: `CutsBacking`).
+    /// Regions already added keep their backing. The default allows 1 GiB.
+    ///
+    /// ```
+    /// # use guest_aspace::GuestAddrSpace;
+    /// # use npt_table::HostFrameAllocator;
+    /// # use npt_entry::ept::Ept4;
+    /// # use gpa_types::{GuestPhysAddr, GuestPhysAddrRange, MappingFlags, PageSize};
+    /// let alloc = HostFrameAllocator::new();
+    /// let window = GuestPhysAddrRange::from_start_size(0.into(), 1 << 32);
+    /// let mut vm = GuestAddrSpace::<Ept4, _>::new(&alloc, window).unwrap();
+    /// vm.set_ram_page_limit(PageSize::Size4K);
+    /// let rw = MappingFlags::READ | MappingFlags::WRITE;
+    /// vm.add_ram(GuestPhysAddr::from(0x4000_0000), 4 << 20, rw, false).unwrap().ignore();
+    /// assert_eq!(vm.table_stats().leaves_of(PageSize::Size2M), 0);
+    /// // Cutting a 4 KiB page out of it works.
+    /// let f = vm.remove_range(GuestPhysAddr::from(0x4010_0000), 0x1000).unwrap();
+    /// vm.complete(f);
+    /// ```
+    pub fn set_ram_page_limit(&mut self, max: PageSize) {
+        self.ram_page_limit = max;
+    }
+
+    /// The largest frame owned RAM added from now on may use.
+    pub fn ram_page_limit(&self) -> PageSize {
+        self.ram_page_limit
+    }
+
     /// Allocates zeroed backing for `[gpa, gpa + size)`, largest frames
     /// first, as chunks laid out back to back from `gpa`. All or nothing.
     fn alloc_chunks(&self, gpa: usize, size: usize) -> AspaceResult<Vec<(HostPhysAddr, PageSize)>> {
@@ -397,6 +431,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             for (i, page) in [PageSize::Size1G, PageSize::Size2M].into_iter().enumerate() {
                 if can[i]
                     && page <= F::MAX_LEAF
+                    && page <= self.ram_page_limit
                     && F::level_of(page).is_some()
                     && page.is_aligned(pos)
                     && end - pos >= page.bytes()

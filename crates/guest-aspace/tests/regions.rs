@@ -1096,3 +1096,33 @@ fn identical_alloc_aligns_to_a_leaf_the_format_has() {
     assert_eq!(identical_alloc_align::<Stage2<32>>(M2), M2);
     assert_eq!(identical_alloc_align::<Stage2<32>>(M2 - K4), K4);
 }
+
+#[test]
+fn ram_page_limit_forces_4k_backing_that_can_be_cut() {
+    let alloc = HostFrameAllocator::new();
+    {
+        let mut s = GuestAddrSpace::<Ept4, _>::new(&alloc, window(0, 1 << 36)).unwrap();
+        // Default: 2 MiB frames, which a 4 KiB cut refuses.
+        s.add_ram(gpa(0x4000_0000), 2 * M2, RW, false)
+            .unwrap()
+            .ignore();
+        assert_eq!(s.table_stats().leaves_of(PageSize::Size2M), 2);
+        assert!(matches!(
+            s.remove_range(gpa(0x4000_1000), K4),
+            Err(AspaceError::CutsBacking { .. })
+        ));
+        // Limited to 4 KiB: no huge leaf, and the cut works.
+        s.set_ram_page_limit(PageSize::Size4K);
+        assert_eq!(s.ram_page_limit(), PageSize::Size4K);
+        s.add_ram(gpa(0x8000_0000), 2 * M2, RW, false)
+            .unwrap()
+            .ignore();
+        assert_eq!(s.table_stats().leaves_of(PageSize::Size2M), 2);
+        assert_eq!(s.table_stats().leaves_of(PageSize::Size4K), 1024);
+        let f = s.remove_range(gpa(0x8000_1000), K4).unwrap();
+        s.complete(f);
+        assert!(s.translate(gpa(0x8000_1000)).is_none());
+        assert!(s.translate(gpa(0x8000_2000)).is_some());
+    }
+    assert_eq!(alloc.live_frames(), 0);
+}
