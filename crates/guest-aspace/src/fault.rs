@@ -147,7 +147,16 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         access: Access,
     ) -> AspaceResult<FaultOutcome> {
         let addr = gpa.as_usize();
-        let Some(region) = self.region_at(addr) else {
+        let page = addr & !(PAGE - 1);
+        let write = access == Access::Write;
+        // One region lookup and one walk, acting where it ended.
+        let Self {
+            table,
+            regions,
+            counters,
+            ..
+        } = self;
+        let Some(region) = crate::space::region_in(regions, addr) else {
             return Ok(FaultOutcome::Unmapped { gpa });
         };
         // The region's rights first. Emulated device space checks data
@@ -166,19 +175,6 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         if emulated {
             return Ok(FaultOutcome::Mmio { gpa, access });
         }
-        let page = addr & !(PAGE - 1);
-        let write = access == Access::Write;
-        // One region lookup (above, repeated mutably here, which the borrow
-        // rules need) and one walk, acting where it ended.
-        let Self {
-            table,
-            regions,
-            counters,
-            ..
-        } = self;
-        let Some(region) = crate::space::region_in(regions, page) else {
-            return Ok(FaultOutcome::Unmapped { gpa });
-        };
         match table.entry(page.into())? {
             Entry::Vacant(vacant) if region.is_lazy() => {
                 let flush = fill(vacant, region, page, write)?;
