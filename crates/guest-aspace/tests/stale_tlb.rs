@@ -13,8 +13,8 @@ mod common;
 use common::*;
 use guest_aspace::{Access, FaultOutcome, GuestAddrSpace};
 use npt_entry::NptFormat;
-use npt_table::mmu::TlbModel;
-use npt_table::{HostFrameAllocator, ReusingAllocator, TlbFlush};
+use npt_table::mmu::{Pending, TlbModel};
+use npt_table::{HostFrameAllocator, ReusingAllocator};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ fn run<F: NptFormat>(ops: &[Op]) -> Result<(), TestCaseError> {
         let alloc = ReusingAllocator::new(&host);
         let mut s = GuestAddrSpace::<F, _>::new(&alloc, window(0, 1 << 32)).unwrap();
         let mut tlb = TlbModel::new(3);
-        let mut pending: Vec<TlbFlush> = Vec::new();
+        let mut pending = Pending::new();
         for op in ops {
             let record = match *op {
                 Op::AddRam { slot, pages, lazy } => {
@@ -117,25 +117,24 @@ fn run<F: NptFormat>(ops: &[Op]) -> Result<(), TestCaseError> {
                     unsafe { tlb.touch::<F, _>(cpu, &alloc, s.root_hpa(), at(slot, page)) };
                     None
                 }
-                Op::Complete(i) if !pending.is_empty() => {
-                    let record = pending.swap_remove(i % pending.len());
-                    tlb.flush(&record);
-                    s.complete(record);
+                Op::Complete(i) => {
+                    pending.complete(i, &mut tlb, |r| {
+                        s.complete(r);
+                    });
                     None
                 }
-                Op::Ignore(i) if !pending.is_empty() => {
-                    pending.swap_remove(i % pending.len()).ignore();
+                Op::Ignore(i) => {
+                    pending.ignore(i);
                     None
                 }
                 Op::FlushAll => {
-                    tlb.flush_all();
-                    s.complete_all();
-                    pending.clear();
+                    pending.flush_all(&mut tlb, || {
+                        s.complete_all();
+                    });
                     None
                 }
-                _ => None,
             };
-            pending.extend(record);
+            pending.push(record);
             if let Some((cpu, page, frame)) = tlb.stale(&alloc) {
                 prop_assert!(
                     false,
@@ -144,11 +143,10 @@ fn run<F: NptFormat>(ops: &[Op]) -> Result<(), TestCaseError> {
                 );
             }
         }
-        for record in pending.drain(..) {
-            tlb.flush(&record);
-            s.complete(record);
-        }
-        tlb.flush_all();
+        // Records that were dropped leave frames parked until a full flush.
+        pending.finish(&mut tlb, |r| {
+            s.complete(r);
+        });
         s.complete_all();
         prop_assert_eq!(s.parked_frames(), 0);
         drop(s);

@@ -180,3 +180,65 @@ impl TlbModel {
         None
     }
 }
+
+/// Flush records a test holds back, to complete late, in any order, or to
+/// drop: the other half of a [`TlbModel`] run.
+#[derive(Debug, Default)]
+pub struct Pending {
+    records: Vec<crate::TlbFlush>,
+}
+
+impl Pending {
+    /// No records held.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Holds the record a change returned, if any.
+    pub fn push(&mut self, record: Option<crate::TlbFlush>) {
+        self.records.extend(record);
+    }
+
+    /// Record `i` (modulo the count): every vCPU flushes what it names, then
+    /// `complete` hands it back to its table. Nothing when none is held.
+    pub fn complete(
+        &mut self,
+        i: usize,
+        tlb: &mut TlbModel,
+        complete: impl FnOnce(crate::TlbFlush),
+    ) {
+        if self.records.is_empty() {
+            return;
+        }
+        let record = self.records.swap_remove(i % self.records.len());
+        tlb.flush(&record);
+        complete(record);
+    }
+
+    /// Drops record `i` (modulo the count) without completing it.
+    pub fn ignore(&mut self, i: usize) {
+        if !self.records.is_empty() {
+            let n = self.records.len();
+            self.records.swap_remove(i % n).ignore();
+        }
+    }
+
+    /// A full flush on every vCPU, then `complete_all`; held records are
+    /// dropped (the full flush covered them).
+    pub fn flush_all(&mut self, tlb: &mut TlbModel, complete_all: impl FnOnce()) {
+        tlb.flush_all();
+        complete_all();
+        self.records.clear();
+    }
+
+    /// Completes every held record, then flushes everything on every vCPU:
+    /// the caller then completes a full flush (`complete_all`) for what
+    /// dropped records left parked.
+    pub fn finish(&mut self, tlb: &mut TlbModel, mut complete: impl FnMut(crate::TlbFlush)) {
+        for record in self.records.drain(..) {
+            tlb.flush(&record);
+            complete(record);
+        }
+        tlb.flush_all();
+    }
+}

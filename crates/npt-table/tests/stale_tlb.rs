@@ -8,8 +8,8 @@
 
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
 use npt_entry::NptFormat;
-use npt_table::mmu::TlbModel;
-use npt_table::{HostFrameAllocator, MapPolicy, NestedPageTable, ReusingAllocator, TlbFlush};
+use npt_table::mmu::{Pending, TlbModel};
+use npt_table::{HostFrameAllocator, MapPolicy, NestedPageTable, ReusingAllocator};
 use proptest::prelude::*;
 
 const K4: usize = 0x1000;
@@ -89,7 +89,7 @@ fn run<F: NptFormat>(ops: &[Op]) -> Result<(), TestCaseError> {
         let alloc = ReusingAllocator::new(&host);
         let mut t = NestedPageTable::<F, _>::new(&alloc).unwrap();
         let mut tlb = TlbModel::new(3);
-        let mut pending: Vec<TlbFlush> = Vec::new();
+        let mut pending = Pending::new();
         let limit = F::GPA_LIMIT as usize;
         for op in ops {
             let record = match *op {
@@ -124,25 +124,25 @@ fn run<F: NptFormat>(ops: &[Op]) -> Result<(), TestCaseError> {
                     unsafe { tlb.touch::<F, _>(cpu, &alloc, t.root_hpa(), at) };
                     None
                 }
-                Op::Complete(i) if !pending.is_empty() => {
-                    let record = pending.swap_remove(i % pending.len());
-                    tlb.flush(&record);
-                    t.complete(record);
+                Op::Complete(i) => {
+                    pending.complete(i, &mut tlb, |r| {
+                        t.complete(r);
+                    });
                     None
                 }
-                Op::Ignore(i) if !pending.is_empty() => {
-                    pending.swap_remove(i % pending.len()).ignore();
+                Op::Ignore(i) => {
+                    pending.ignore(i);
                     None
                 }
                 Op::FlushAll => {
-                    tlb.flush_all();
-                    t.complete_all();
-                    pending.clear();
+                    pending.flush_all(&mut tlb, || {
+                        t.complete_all();
+                    });
                     None
                 }
                 _ => None,
             };
-            pending.extend(record);
+            pending.push(record);
             if let Some((cpu, page, frame)) = tlb.stale(&alloc) {
                 prop_assert!(
                     false,
@@ -157,12 +157,10 @@ fn run<F: NptFormat>(ops: &[Op]) -> Result<(), TestCaseError> {
                 F::NAME
             );
         }
-        for record in pending.drain(..) {
-            tlb.flush(&record);
-            t.complete(record);
-        }
-        // Records that were ignored leave frames parked until a full flush.
-        tlb.flush_all();
+        // Records that were dropped leave frames parked until a full flush.
+        pending.finish(&mut tlb, |r| {
+            t.complete(r);
+        });
         t.complete_all();
         prop_assert_eq!(t.parked_frames(), 0);
         drop(t);
