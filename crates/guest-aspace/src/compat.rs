@@ -11,8 +11,6 @@ use crate::region::Backing;
 use crate::shared::SharedAddrSpace;
 use crate::space::GuestAddrSpace;
 
-const PAGE: usize = PageSize::Size4K.bytes();
-
 impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// Gives the guest `flags` on `[gpa, gpa + len)`: the mapped leaves of
     /// the range and the rights of the regions covering it, which decide
@@ -38,38 +36,8 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         flags: MappingFlags,
     ) -> AspaceResult<TlbFlush> {
         let start = gpa.as_usize();
-        if len == 0 {
-            return Err(AspaceError::ZeroSize);
-        }
-        for v in [start, len] {
-            if v % PAGE != 0 {
-                return Err(AspaceError::NotAligned {
-                    value: v,
-                    align: PAGE,
-                });
-            }
-        }
+        let end = self.check_cut(gpa, len)?;
         npt_entry::check_flags(flags).map_err(|e| AspaceError::Table(e.into()))?;
-        let end = start
-            .checked_add(len)
-            .ok_or(AspaceError::OutsideWindow { gpa, len })?;
-        if !self.covers_range(gpa, len) {
-            let mut pos = start;
-            while let Some(r) = self.region_at(pos) {
-                pos = r.end();
-            }
-            return Err(AspaceError::NoRegion { gpa: pos.into() });
-        }
-        // Cuts must not split owned backing.
-        for edge in [start, end] {
-            if let Some(r) = self.region_at(edge) {
-                let inside_alloc = r.backing == Backing::AllocIdentical && edge != r.start;
-                let inside_chunk = r.huge_at(edge).is_some_and(|(cs, _)| cs != edge);
-                if inside_alloc || inside_chunk {
-                    return Err(AspaceError::CutsBacking { gpa: edge.into() });
-                }
-            }
-        }
         // Every region the range touches, checked before anything changes.
         let mut device = None;
         for (&s, r) in self.regions.range(..end).filter(|(_, r)| r.end() > start) {

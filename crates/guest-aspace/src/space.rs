@@ -694,7 +694,11 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         result
     }
 
-    fn remove_range_inner(&mut self, gpa: GuestPhysAddr, len: usize) -> AspaceResult<TlbFlush> {
+    /// Checks a range that an operation will cut out of the regions
+    /// covering it (removal, a change of rights): non-empty, 4 KiB aligned,
+    /// covered by regions throughout, and not cutting owned backing (a huge
+    /// frame or allocated identical memory). Returns the end.
+    pub(crate) fn check_cut(&self, gpa: GuestPhysAddr, len: usize) -> AspaceResult<usize> {
         let start = gpa.as_usize();
         if len == 0 {
             return Err(AspaceError::ZeroSize);
@@ -717,19 +721,21 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             }
             return Err(AspaceError::NoRegion { gpa: pos.into() });
         }
-        // Cuts must not split owned backing.
         for edge in [start, end] {
             if let Some(r) = self.region_at(edge) {
-                if r.backing == Backing::AllocIdentical && edge != r.start {
+                let inside_alloc = r.backing == Backing::AllocIdentical && edge != r.start;
+                let inside_chunk = r.huge_at(edge).is_some_and(|(cs, _)| cs != edge);
+                if inside_alloc || inside_chunk {
                     return Err(AspaceError::CutsBacking { gpa: edge.into() });
-                }
-                if let Some((cs, _)) = r.huge_at(edge) {
-                    if cs != edge {
-                        return Err(AspaceError::CutsBacking { gpa: edge.into() });
-                    }
                 }
             }
         }
+        Ok(end)
+    }
+
+    fn remove_range_inner(&mut self, gpa: GuestPhysAddr, len: usize) -> AspaceResult<TlbFlush> {
+        let start = gpa.as_usize();
+        let end = self.check_cut(gpa, len)?;
         let starts: Vec<usize> = self
             .regions
             .range(..end)
