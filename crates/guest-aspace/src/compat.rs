@@ -2,7 +2,7 @@
 //! translating with the length that stays host-contiguous, and range
 //! coverage under explicit names.
 
-use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
+use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags};
 use npt_entry::NptFormat;
 use npt_table::{FrameAllocator, NptError, TlbFlush};
 
