@@ -65,6 +65,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// let Entry::Leaf(leaf) = t.entry(gpa).unwrap() else { unreachable!() };
     /// assert_eq!(leaf.translation().hpa, HostPhysAddr::from(0x5000));
     /// ```
+    #[inline]
     pub fn entry(&mut self, gpa: GuestPhysAddr) -> NptResult<Entry<'_, F, A>> {
         if !F::gpa_in_range(gpa) {
             return Err(NptError::GpaOutOfRange {
@@ -155,6 +156,7 @@ impl<F: NptFormat, A: FrameAllocator> VacantEntry<'_, F, A> {
     /// touch. If the map fails, the frame goes back to the allocator. `make`
     /// returning `None` is [`NptError::NoMemory`]. Returns the frame and the
     /// flush record.
+    #[inline]
     pub fn insert_new(
         self,
         flags: MappingFlags,
@@ -177,6 +179,7 @@ impl<F: NptFormat, A: FrameAllocator> VacantEntry<'_, F, A> {
         self.insert_here(hpa, flags)
     }
 
+    #[inline]
     fn insert_here(&mut self, hpa: HostPhysAddr, flags: MappingFlags) -> NptResult<TlbFlush> {
         let size = PageSize::Size4K;
         self.table

@@ -42,24 +42,28 @@ use gpa_types::{GuestPhysAddr, GuestPhysAddrRange};
 /// full flush of the VM's translations.
 pub const FLUSH_RANGES: usize = 8;
 
+/// Ranges are kept in whole 4 KiB pages.
+const PAGE_SHIFT: u32 = 12;
+
 /// A record of stale guest-physical translations.
 ///
 /// Ranges that touch or overlap merge; once more than [`FLUSH_RANGES`]
 /// disjoint ranges accumulate, or the total exceeds
 /// [`TlbFlush::FULL_THRESHOLD`] bytes, the record becomes "everything".
 ///
+/// Ranges are whole 4 KiB pages (an added range is widened to them).
 /// Every mutating call returns one, so it is kept small enough to move
-/// without a `memcpy` call (104 bytes): no range of a record that is not
-/// "everything" is longer than the threshold, so lengths fit in 32 bits.
+/// without a `memcpy` call (104 bytes, parking tickets included): no range
+/// of a record that is not "everything" is longer than the threshold, so
+/// lengths fit in 16 bits of pages.
 #[must_use = "stale translations stay cached until the caller flushes what this record names"]
 #[derive(Clone, PartialEq, Eq)]
 pub struct TlbFlush {
-    /// First byte of each range.
+    /// First byte of each range (4 KiB aligned).
     starts: [usize; FLUSH_RANGES],
-    /// Length of each range in bytes (at most `FULL_THRESHOLD`).
-    lens: [u32; FLUSH_RANGES],
-    /// Bytes the ranges cover (at most `FULL_THRESHOLD`).
-    total: u32,
+    /// Length of each range in 4 KiB pages (at most `FULL_THRESHOLD`
+    /// bytes, 16,384 pages).
+    lens: [u16; FLUSH_RANGES],
     len: u8,
     all: bool,
     /// Tickets of the frames the recorded changes parked in their table:
@@ -85,7 +89,6 @@ impl TlbFlush {
         Self {
             starts: [0; FLUSH_RANGES],
             lens: [0; FLUSH_RANGES],
-            total: 0,
             len: 0,
             all: false,
             retired_lo: 0,
@@ -103,42 +106,56 @@ impl TlbFlush {
     /// Range `i` as `(start, end)`.
     #[inline]
     fn range(&self, i: usize) -> (usize, usize) {
-        (self.starts[i], self.starts[i] + self.lens[i] as usize)
+        (
+            self.starts[i],
+            self.starts[i] + ((self.lens[i] as usize) << PAGE_SHIFT),
+        )
     }
 
     /// Sets range `i` to `[start, end)`, or gives up on ranges when it is
     /// longer than the threshold.
     #[inline]
     fn set_range(&mut self, i: usize, (start, end): (usize, usize)) {
-        match u32::try_from(end - start) {
-            Ok(len) if end - start <= Self::FULL_THRESHOLD => {
+        match u16::try_from((end - start) >> PAGE_SHIFT) {
+            Ok(pages) if end - start <= Self::FULL_THRESHOLD => {
                 self.starts[i] = start;
-                self.lens[i] = len;
+                self.lens[i] = pages;
             }
             _ => self.all = true,
         }
     }
 
-    /// Recomputes `total` and turns into "everything" past the threshold.
+    /// Bytes the ranges cover.
+    #[inline]
+    fn total(&self) -> usize {
+        self.lens[..self.len as usize]
+            .iter()
+            .map(|&l| (l as usize) << PAGE_SHIFT)
+            .sum()
+    }
+
+    /// Turns into "everything" past the threshold.
     #[inline]
     fn retotal(&mut self) {
-        let total: usize = self.lens[..self.len as usize]
-            .iter()
-            .map(|&l| l as usize)
-            .sum();
-        match u32::try_from(total) {
-            Ok(t) if total <= Self::FULL_THRESHOLD => self.total = t,
-            _ => self.all = true,
+        if self.total() > Self::FULL_THRESHOLD {
+            self.all = true;
         }
     }
 
-    /// Adds the `size` bytes at `gpa`.
+    /// Adds the `size` bytes at `gpa` (widened to whole 4 KiB pages).
     #[inline]
     pub fn add(&mut self, gpa: usize, size: usize) {
         if self.all || size == 0 {
             return;
         }
-        let end = gpa.saturating_add(size);
+        let Some(end) = gpa
+            .checked_add(size)
+            .and_then(|e| e.checked_next_multiple_of(1 << PAGE_SHIFT))
+        else {
+            self.all = true;
+            return;
+        };
+        let gpa = gpa & !((1 << PAGE_SHIFT) - 1);
         // Merge with the most recent range first: range operations add in
         // ascending order, so this is the common case.
         let mut merged = None;
@@ -385,13 +402,14 @@ mod tests {
         let r: Vec<_> = f.ranges().collect();
         assert_eq!(r.len(), 1);
         assert_eq!((r[0].start.as_usize(), r[0].end.as_usize()), (0, 0x4000));
-        assert_eq!(f.total, 0x4000);
+        assert_eq!(f.total(), 0x4000);
     }
 
     #[test]
     fn small_enough_to_move_without_memcpy() {
-        // Eight 16-byte moves: the most LLVM inlines on x86-64.
-        assert!(core::mem::size_of::<TlbFlush>() <= 128);
+        // At 120 bytes (u32 byte lengths and the tickets) the fault path
+        // copied records with `memcpy` calls again.
+        assert_eq!(core::mem::size_of::<TlbFlush>(), 104);
     }
 
     #[test]
