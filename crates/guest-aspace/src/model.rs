@@ -468,8 +468,12 @@ impl SpaceModel {
     /// the bytes, the lazy pages it populated, and dirty pages of logging
     /// regions.
     pub fn written(&mut self, gpa: usize, data: &[u8]) {
-        for (a, b) in (gpa..).zip(data) {
-            self.bytes.insert(a, *b);
+        // Indexed, not `(gpa..).zip(data)`: that steps past `usize::MAX`
+        // (and panics) for an empty write at the top of the address space.
+        for (i, b) in data.iter().enumerate() {
+            if let Some(a) = gpa.checked_add(i) {
+                self.bytes.insert(a, *b);
+            }
         }
         let Some(end) = gpa.checked_add(data.len()) else {
             return;
@@ -498,5 +502,20 @@ impl SpaceModel {
         (gpa..gpa.saturating_add(len))
             .map(|a| self.bytes.get(&a).copied().unwrap_or(0))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SpaceModel;
+
+    /// Found by `aspace_ops` (`fuzz/regressions/aspace_ops/model-empty-load-at-top`):
+    /// recording an empty write at `usize::MAX` stepped a range past the end.
+    #[test]
+    fn an_empty_write_at_the_top_records_nothing() {
+        let mut m = SpaceModel::default();
+        m.written(usize::MAX, &[]);
+        m.written(usize::MAX, &[7]);
+        assert_eq!(m.bytes.get(&usize::MAX), Some(&7));
     }
 }
