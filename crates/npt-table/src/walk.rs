@@ -32,7 +32,14 @@ pub(crate) const MAX_LEVELS: usize = 5;
 /// Whether `level` is the last one, where only 4 KiB leaves live.
 #[inline(always)]
 pub(crate) fn is_last<F: NptFormat>(level: usize) -> bool {
-    level + 1 == F::LEVELS
+    is_last_shift(F::shift(level))
+}
+
+/// [`is_last`] for a level given by its index shift: the last level
+/// translates bits 20:12.
+#[inline(always)]
+fn is_last_shift(shift: u32) -> bool {
+    shift == PageSize::Size4K.shift()
 }
 
 /// Bytes of guest-physical space one entry at `level` covers.
@@ -247,16 +254,28 @@ impl<'a, F: NptFormat, A: FrameAllocator> Tree<'a, F, A> {
         Some(unsafe { TableRef::new(self.alloc, hpa, npt_entry::ENTRIES_PER_TABLE) })
     }
 
-    /// What `entry`, read at `level`, means.
+    /// What `entry`, read at `level`, means: the one step every walk takes.
     #[inline(always)]
     pub(crate) fn step(self, entry: F::Entry, level: usize) -> Step<F::Entry> {
-        let last = is_last::<F>(level);
-        match entry.kind(last) {
-            EntryKind::Table if !last => Step::Table(self.child(entry)),
-            EntryKind::Leaf => match F::leaf_size(level) {
-                Some(size) => Step::Leaf(size),
-                None => Step::Empty,
-            },
+        let shift = F::shift(level);
+        self.step_at(entry.kind(is_last_shift(shift)), entry, shift)
+    }
+
+    /// [`Self::step`] for an entry of known kind, read at the level whose
+    /// index shift is `shift` (the point walk keeps the shift, not the
+    /// level, in its loop).
+    #[inline(always)]
+    fn step_at(self, kind: EntryKind, entry: F::Entry, shift: u32) -> Step<F::Entry> {
+        match kind {
+            EntryKind::Table if !is_last_shift(shift) => Step::Table(self.child(entry)),
+            // A leaf where the format allows one (`NptFormat::leaf_size`).
+            EntryKind::Leaf if shift <= F::MAX_LEAF.shift() => {
+                let height = (shift - PageSize::Size4K.shift()) / npt_entry::BITS_PER_LEVEL;
+                match PageSize::from_height(height as usize) {
+                    Some(size) => Step::Leaf(size),
+                    None => Step::Empty,
+                }
+            }
             _ => Step::Empty,
         }
     }
@@ -277,10 +296,8 @@ impl<'a, F: NptFormat, A: FrameAllocator> Tree<'a, F, A> {
         until: usize,
         rec: &mut R,
     ) -> Slot<F::Entry> {
-        // Only the shift and index mask move per step (the level is worked
-        // out from the shift once, at the end): `shift == 12` is the last
-        // level, `shift > stop` a level above `until`.
-        const LAST: u32 = PageSize::Size4K.shift();
+        // Only the shift and index mask move per step: `shift > stop` is a
+        // level above `until`.
         let stop = F::shift(until);
         let mut shift = F::shift(level);
         let mut mask = F::entries(level) - 1;
@@ -292,26 +309,15 @@ impl<'a, F: NptFormat, A: FrameAllocator> Tree<'a, F, A> {
             rec.table(level, table);
             let idx = (gpa >> shift) & mask;
             let entry = table.get(idx);
-            let kind = entry.kind(shift == LAST);
-            if kind == EntryKind::Table && shift > stop && shift > LAST {
+            let kind = entry.kind(is_last_shift(shift));
+            if kind == EntryKind::Table && shift > stop && !is_last_shift(shift) {
                 table = self.child(entry);
                 level += 1;
                 shift -= npt_entry::BITS_PER_LEVEL;
                 mask = npt_entry::ENTRIES_PER_TABLE - 1;
                 continue;
             }
-            let step = match kind {
-                EntryKind::Leaf if shift <= F::MAX_LEAF.shift() => {
-                    match PageSize::from_height(
-                        ((shift - LAST) / npt_entry::BITS_PER_LEVEL) as usize,
-                    ) {
-                        Some(size) => Step::Leaf(size),
-                        None => Step::Empty,
-                    }
-                }
-                EntryKind::Table if shift > LAST => Step::Table(self.child(entry)),
-                _ => Step::Empty,
-            };
+            let step = self.step_at(kind, entry, shift);
             return Slot {
                 table,
                 level,
