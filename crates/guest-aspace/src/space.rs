@@ -858,23 +858,27 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// the list's size follows the caller's range.
     fn collect_owned(
         &self,
-        parts: impl Iterator<Item = (usize, usize, usize)> + Clone,
+        parts: impl Iterator<Item = (usize, usize, usize)>,
     ) -> AspaceResult<Vec<(HostPhysAddr, usize)>> {
-        let each = |f: &mut dyn FnMut(HostPhysAddr, usize)| {
-            for (s, lo, hi) in parts.clone() {
-                if let Some(r) = self.regions.get(&s) {
-                    let (lo, hi) = (lo.max(r.start), hi.min(r.end()));
-                    self.for_each_owned(r, lo, hi, &mut *f);
-                }
-            }
-        };
-        let mut count = 0usize;
-        each(&mut |_, _| count += 1);
+        // One pass over the leaves; growth is fallible (`try_reserve`
+        // grows amortized), and a failure stops the collection.
         let mut owned = Vec::new();
-        owned
-            .try_reserve_exact(count)
-            .map_err(|_| AspaceError::NoMemory)?;
-        each(&mut |hpa, frames| owned.push((hpa, frames)));
+        let mut failed = false;
+        for (s, lo, hi) in parts {
+            if let Some(r) = self.regions.get(&s) {
+                let (lo, hi) = (lo.max(r.start), hi.min(r.end()));
+                self.for_each_owned(r, lo, hi, |hpa, frames| {
+                    if !failed && owned.try_reserve(1).is_ok() {
+                        owned.push((hpa, frames));
+                    } else {
+                        failed = true;
+                    }
+                });
+            }
+            if failed {
+                return Err(AspaceError::NoMemory);
+            }
+        }
         Ok(owned)
     }
 

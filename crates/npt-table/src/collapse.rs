@@ -87,7 +87,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             Some(level) if size.is_huge() => level,
             _ => return Err(NptError::UnsupportedPageSize(size)),
         };
-        Self::check_gpa_range(gpa, size.bytes(), size.bytes())?;
+        Self::check_range(gpa, size.bytes(), size.bytes())?;
         let addr = gpa.as_usize();
         let tree = self.tree();
         let slot = tree.walk_from(tree.root_table(), 0, addr, target, &mut ());

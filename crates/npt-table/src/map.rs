@@ -135,7 +135,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         flags: MappingFlags,
     ) -> NptResult<TlbFlush> {
         let level = F::level_of(size).ok_or(NptError::UnsupportedPageSize(size))?;
-        Self::check_gpa_range(gpa, size.bytes(), size.bytes())?;
+        Self::check_range(gpa, size.bytes(), size.bytes())?;
         self.check_hpa_range(hpa, size.bytes(), size.bytes())?;
         npt_entry::check_flags(flags)?;
         let addr = gpa.as_usize();
@@ -164,7 +164,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                     gpa: GuestPhysAddr::from_usize(usize::MAX),
                     gpa_bits: F::GPA_BITS,
                 })?;
-        let end = Self::check_gpa_range(gpa, len, PageSize::Size4K.bytes())?;
+        let end = Self::check_range(gpa, len, PageSize::Size4K.bytes())?;
         npt_entry::check_flags(flags)?;
         for &frame in frames {
             self.check_hpa_range(frame, PageSize::Size4K.bytes(), PageSize::Size4K.bytes())?;
@@ -196,7 +196,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                 return Err(NptError::UnsupportedPageSize(size));
             }
             let at = GuestPhysAddr::from_usize(pos);
-            let end = Self::check_gpa_range(at, size.bytes(), size.bytes())?;
+            let end = Self::check_range(at, size.bytes(), size.bytes())?;
             self.check_hpa_range(hpa, size.bytes(), size.bytes())?;
             pos = end;
         }
@@ -221,7 +221,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         max: PageSize,
     ) -> NptResult<TlbFlush> {
         let align = PageSize::Size4K.bytes();
-        let end = Self::check_gpa_range(gpa, len, align)?;
+        let end = Self::check_range(gpa, len, align)?;
         self.check_hpa_range(hpa, len, align)?;
         npt_entry::check_flags(flags)?;
         self.map_checked(

@@ -113,7 +113,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// Holes are fine, but a range with nothing mapped at all is
     /// [`NptError::NotMapped`].
     pub fn unmap_region(&mut self, gpa: GuestPhysAddr, len: usize) -> NptResult<TlbFlush> {
-        let end = Self::check_gpa_range(gpa, len, PageSize::Size4K.bytes())?;
+        let end = Self::check_range(gpa, len, PageSize::Size4K.bytes())?;
         self.books
             .retired
             .reserve(self.tables_under(gpa.as_usize(), end))?;
@@ -130,7 +130,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         len: usize,
         flags: MappingFlags,
     ) -> NptResult<TlbFlush> {
-        let end = Self::check_gpa_range(gpa, len, PageSize::Size4K.bytes())?;
+        let end = Self::check_range(gpa, len, PageSize::Size4K.bytes())?;
         npt_entry::check_flags(flags)?;
         let templates = [
             F::Entry::new_page(0.into(), flags, false),
@@ -145,7 +145,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// keeping all other bits (the first step of dirty logging by
     /// write-protection). Huge leaves at the edges are split.
     pub fn write_protect_region(&mut self, gpa: GuestPhysAddr, len: usize) -> NptResult<TlbFlush> {
-        let end = Self::check_gpa_range(gpa, len, PageSize::Size4K.bytes())?;
+        let end = Self::check_range(gpa, len, PageSize::Size4K.bytes())?;
         self.change(gpa, end, move |size, entry| {
             entry.write_protected(size.is_huge())
         })
@@ -169,7 +169,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         bit: AccessBit,
         bitmap: &mut [u64],
     ) -> NptResult<TlbFlush> {
-        let end = Self::check_gpa_range(gpa, len, PageSize::Size4K.bytes())?;
+        let end = Self::check_range(gpa, len, PageSize::Size4K.bytes())?;
         let pages = len / PageSize::Size4K.bytes();
         if bitmap.len().saturating_mul(64) < pages {
             return Err(NptError::FrameCount {
@@ -236,7 +236,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         len: usize,
         mut f: impl FnMut(MappedRun),
     ) -> NptResult {
-        let end = Self::check_gpa_range(gpa, len, PageSize::Size4K.bytes())?;
+        let end = Self::check_range(gpa, len, PageSize::Size4K.bytes())?;
         // The range walk, not `mappings`: one pass over each table instead
         // of a walk per leaf (about 1.5x faster over 1 GiB of 4 KiB leaves).
         let mut current: Option<MappedRun> = None;
@@ -274,7 +274,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// one guest write dirties 4 KiB). Translations do not change. Frames for
     /// all splits are taken first; on `NoMemory` nothing changes.
     pub fn split_region(&mut self, gpa: GuestPhysAddr, len: usize) -> NptResult<TlbFlush> {
-        let end = Self::check_gpa_range(gpa, len, PageSize::Size4K.bytes())?;
+        let end = Self::check_range(gpa, len, PageSize::Size4K.bytes())?;
         let start = gpa.as_usize();
         let mut needed = 0usize;
         self.leaves(start, end, |_, _, size, _| {

@@ -359,16 +359,6 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         Ok(end)
     }
 
-    /// [`Self::check_range`] under its internal name.
-    #[inline(always)]
-    pub(crate) fn check_gpa_range(
-        gpa: GuestPhysAddr,
-        len: usize,
-        align: usize,
-    ) -> NptResult<usize> {
-        Self::check_range(gpa, len, align)
-    }
-
     /// Checks a host run `[hpa, hpa + len)` against alignment and PA width.
     pub(crate) fn check_hpa_range(&self, hpa: HostPhysAddr, len: usize, align: usize) -> NptResult {
         if hpa.as_usize() % align != 0 {
@@ -458,7 +448,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// The leaf starting exactly at `gpa`.
     fn leaf_at(&mut self, gpa: GuestPhysAddr) -> NptResult<LeafEntry<'_, F, A>> {
         let addr = gpa.as_usize();
-        Self::check_gpa_range(gpa, PageSize::Size4K.bytes(), PageSize::Size4K.bytes())?;
+        Self::check_range(gpa, PageSize::Size4K.bytes(), PageSize::Size4K.bytes())?;
         match self.entry(gpa)? {
             Entry::Leaf(leaf) if leaf.gpa().as_usize() == addr => Ok(leaf),
             Entry::Leaf(leaf) => Err(NptError::SizeMismatch {
