@@ -17,7 +17,7 @@ use npt_entry::{GenericPTE, NestedEntry, NptFormat};
 use crate::error::{NptError, NptResult};
 use crate::flush::TlbFlush;
 use crate::frames::FrameAllocator;
-use crate::range::MappedRun;
+use crate::range::{MappedRun, RunMerger};
 use crate::table::{Ledger, NestedPageTable, Translation};
 use crate::walk::{Path, Slot, Step, Tree, entry_span};
 
@@ -106,7 +106,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             path: tree.path(),
             pos: gpa.as_usize(),
             end,
-            merge: true,
+            runs: RunMerger::new(true),
         })
     }
 
@@ -269,7 +269,7 @@ pub struct Mappings<'t, F: NptFormat, A: FrameAllocator> {
     path: Path<F::Entry>,
     pos: usize,
     end: usize,
-    merge: bool,
+    runs: RunMerger,
 }
 
 impl<F: NptFormat, A: FrameAllocator> Mappings<'_, F, A> {
@@ -277,7 +277,7 @@ impl<F: NptFormat, A: FrameAllocator> Mappings<'_, F, A> {
     /// merging: for host access, where only one leaf's frame is known to
     /// be contiguous in the hypervisor's view (`FrameAllocator::phys_to_virt`).
     pub fn per_leaf(mut self) -> Self {
-        self.merge = false;
+        self.runs = RunMerger::new(false);
         self
     }
 }
@@ -286,51 +286,21 @@ impl<F: NptFormat, A: FrameAllocator> Iterator for Mappings<'_, F, A> {
     type Item = MappedRun;
 
     fn next(&mut self) -> Option<MappedRun> {
-        let mut run: Option<MappedRun> = None;
-        // The flags of the run, and the raw flag bits they were decoded
-        // from: leaves with the same bits need no decoding.
-        let mut bits = None;
         while self.pos < self.end {
             let slot = self.tree.walk_path(&mut self.path, self.pos, F::LEVELS - 1);
             let Step::Leaf(size) = slot.step else {
+                // A hole: skip the empty entry's span.
                 let span = entry_span::<F>(slot.level);
                 self.pos = self.end.min((self.pos & !(span - 1)).saturating_add(span));
-                if run.is_some() {
-                    break;
-                }
                 continue;
             };
-            let base = size.align_down(self.pos);
-            let hi = self.end.min(base + size.bytes());
-            let pa: usize = slot.entry.paddr().into();
-            let hpa = pa + (self.pos - base);
-            let raw = (slot.entry.raw() & F::Entry::FLAG_MASK, size.is_huge());
-            if let Some(r) = run.as_mut() {
-                if !self.merge {
-                    break;
-                }
-                let same = bits == Some(raw)
-                    || (r.flags == slot.entry.flags() && {
-                        bits = Some(raw);
-                        true
-                    });
-                if r.hpa.as_usize() + r.len != hpa || !same {
-                    break;
-                }
-                r.len += hi - self.pos;
-                r.max_page = r.max_page.max(size);
-            } else {
-                bits = Some(raw);
-                run = Some(MappedRun {
-                    gpa: GuestPhysAddr::from_usize(self.pos),
-                    hpa: HostPhysAddr::from_usize(hpa),
-                    len: hi - self.pos,
-                    flags: slot.entry.flags(),
-                    max_page: size,
-                });
-            }
+            let hi = self.end.min(size.align_down(self.pos) + size.bytes());
+            let done = self.runs.push(self.pos, hi, size, slot.entry);
             self.pos = hi;
+            if done.is_some() {
+                return done;
+            }
         }
-        run
+        self.runs.finish()
     }
 }

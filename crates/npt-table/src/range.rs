@@ -34,6 +34,66 @@ pub struct MappedRun {
     pub max_page: PageSize,
 }
 
+/// Merges leaves into [`MappedRun`]s: consecutive in GPA and host
+/// memory, with equal flags. A leaf's flags are decoded only when its flag
+/// bits differ from the previous leaf's (no conversion per 4 KiB leaf of a
+/// uniform range). Shared by `for_each_mapping` and `mappings`.
+pub(crate) struct RunMerger {
+    run: Option<MappedRun>,
+    /// The flag bits (and encoding) the run's flags were decoded from.
+    bits: (u64, bool),
+    /// Whether leaves merge at all (`Mappings::per_leaf` turns it off).
+    merge: bool,
+}
+
+impl RunMerger {
+    pub(crate) fn new(merge: bool) -> Self {
+        Self {
+            run: None,
+            bits: (0, false),
+            merge,
+        }
+    }
+
+    /// Adds `[lo, hi)` of a leaf of `size`; returns the run it ends, if
+    /// the leaf does not continue it.
+    #[inline]
+    pub(crate) fn push<E: NestedEntry>(
+        &mut self,
+        lo: usize,
+        hi: usize,
+        size: PageSize,
+        entry: E,
+    ) -> Option<MappedRun> {
+        let pa: usize = entry.paddr().into();
+        let hpa = pa + size.offset(lo);
+        let bits = (entry.raw() & E::FLAG_MASK, size.is_huge());
+        if let Some(run) = self.run.as_mut() {
+            let contiguous =
+                run.gpa.as_usize() + run.len == lo && run.hpa.as_usize() + run.len == hpa;
+            if self.merge && contiguous && (bits == self.bits || run.flags == entry.flags()) {
+                self.bits = bits;
+                run.len += hi - lo;
+                run.max_page = run.max_page.max(size);
+                return None;
+            }
+        }
+        self.bits = bits;
+        self.run.replace(MappedRun {
+            gpa: GuestPhysAddr::from_usize(lo),
+            hpa: HostPhysAddr::from_usize(hpa),
+            len: hi - lo,
+            flags: entry.flags(),
+            max_page: size,
+        })
+    }
+
+    /// The run in progress, ending it.
+    pub(crate) fn finish(&mut self) -> Option<MappedRun> {
+        self.run.take()
+    }
+}
+
 /// Which bit a harvest collects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccessBit {
@@ -239,31 +299,13 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         let end = Self::check_range(gpa, len, PageSize::Size4K.bytes())?;
         // The range walk, not `mappings`: one pass over each table instead
         // of a walk per leaf (about 1.5x faster over 1 GiB of 4 KiB leaves).
-        let mut current: Option<MappedRun> = None;
+        let mut merger = RunMerger::new(true);
         self.leaves(gpa.as_usize(), end, |lo, hi, size, entry| {
-            let flags = entry.flags();
-            let base: usize = entry.paddr().into();
-            let hpa = base + size.offset(lo);
-            if let Some(run) = current.as_mut() {
-                if run.gpa.as_usize() + run.len == lo
-                    && run.hpa.as_usize() + run.len == hpa
-                    && run.flags == flags
-                {
-                    run.len += hi - lo;
-                    run.max_page = run.max_page.max(size);
-                    return;
-                }
-                f(*run);
+            if let Some(run) = merger.push(lo, hi, size, entry) {
+                f(run);
             }
-            current = Some(MappedRun {
-                gpa: GuestPhysAddr::from_usize(lo),
-                hpa: HostPhysAddr::from_usize(hpa),
-                len: hi - lo,
-                flags,
-                max_page: size,
-            });
         });
-        if let Some(run) = current {
+        if let Some(run) = merger.finish() {
             f(run);
         }
         Ok(())

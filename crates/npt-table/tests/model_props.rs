@@ -109,6 +109,13 @@ fn table_runs<F: NptFormat, A: npt_table::FrameAllocator>(
         runs.push((r.gpa.as_usize(), r.hpa.as_usize(), r.len, r.flags))
     })
     .unwrap();
+    // The iterator merges the same way as the range walk.
+    let iterated: Vec<_> = t
+        .mappings(GuestPhysAddr::from(0), 4 * G1)
+        .unwrap()
+        .map(|r| (r.gpa.as_usize(), r.hpa.as_usize(), r.len, r.flags))
+        .collect();
+    assert_eq!(iterated, runs, "mappings() and for_each_mapping() disagree");
     runs
 }
 
