@@ -141,7 +141,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         let bound = (1..F::LEVELS - target)
             .map(|h| ENTRIES_PER_TABLE.saturating_pow(h as u32 - 1))
             .fold(0usize, usize::saturating_add)
-            .min(self.books.stats.table_frames);
+            .min(self.books.stats.table_frames());
         self.books.retired.reserve(bound)?;
 
         // The huge leaf keeps the accessed/dirty state of every leaf it
@@ -153,13 +153,13 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         slot.table.set(slot.idx, huge);
         let mut flush = TlbFlush::none();
         flush.add(addr, size.bytes());
-        let before = self.books.stats.table_frames;
+        let before = self.books.stats.table_frames();
         let (tree, books) = self.parts();
         let mut ctx = Ctx::new(&mut flush, None);
         tree.walk_range(books, child, target + 1, addr, end, &mut Release, &mut ctx);
         books.table_parked(child.hpa(), &mut flush);
         books.leaves(size, 1, true);
-        let retired_tables = before - self.books.stats.table_frames;
+        let retired_tables = before - self.books.stats.table_frames();
         Ok(Collapsed {
             retired_tables,
             flush,

@@ -66,6 +66,7 @@ extern crate alloc;
 extern crate std;
 
 mod collapse;
+pub mod concurrent;
 mod cursor;
 mod entry;
 mod error;
@@ -88,6 +89,7 @@ mod table;
 mod walk;
 
 pub use collapse::Collapsed;
+pub use concurrent::Inserted;
 pub use cursor::Cursor;
 pub use entry::{Entry, LeafEntry, Mappings, VacantEntry};
 pub use error::{NptError, NptResult};

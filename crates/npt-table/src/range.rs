@@ -401,7 +401,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             let shift = F::shift(level - 1);
             n = n.saturating_add(((end - 1) >> shift) - (start >> shift) + 1);
         }
-        n.min(self.books.stats.table_frames)
+        n.min(self.books.stats.table_frames())
     }
 
     /// Frames needed to split the leaf containing `edge` down to the level

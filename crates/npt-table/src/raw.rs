@@ -1,9 +1,17 @@
 //! The one place that touches table memory.
 //!
-//! Entries are read and written as whole 64-bit atomics (relaxed: a plain
-//! load or store on every target) so the hardware walker, which reads tables
-//! concurrently, never sees a torn entry. A new table is zeroed before it is
-//! linked, and a release fence orders those writes before the link.
+//! Entries are read and written as whole 64-bit atomics so the hardware
+//! walker, which reads tables concurrently, never sees a torn entry.
+//!
+//! Loads acquire: an entry may have been published by another CPU's
+//! compare-and-swap (`NestedPageTable::insert_new_concurrent`), and a walk
+//! that follows it reads the zeroed table (or, for a host access, the zeroed
+//! frame) behind it, so those zeroing stores must happen before the walk's
+//! reads. On x86-64 and RISC-V (RVWMO loads of naturally aligned words) an
+//! acquire load is the plain load; on AArch64 it is `LDAR`. Exclusive
+//! writers store with relaxed ordering; a new table is zeroed before it is
+//! linked, and a release fence (or the release of the compare-and-swap)
+//! orders those writes before the link.
 
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU64, Ordering, fence};
@@ -63,22 +71,53 @@ impl<E: NestedEntry> TableRef<E> {
     /// them to the table's size.
     #[inline(always)]
     pub(crate) fn get(self, idx: usize) -> E {
+        // Acquire: pairs with the release of the compare-and-swap or fence
+        // that published this entry, so a walk that follows it sees the
+        // table (or frame) behind it zeroed, never the bytes it held before.
+        E::from_raw(self.cell(idx).load(Ordering::Acquire))
+    }
+
+    /// The atomic cell of entry `idx`.
+    #[inline(always)]
+    fn cell(&self, idx: usize) -> &AtomicU64 {
         #[cfg(debug_assertions)]
         debug_assert!(idx < self.len, "entry index {idx} out of table");
         // SAFETY: `new`'s contract makes `base` point to a live table of at
-        // least `idx + 1` 8-byte-aligned entries (frames are 4 KiB aligned).
-        let bits = unsafe { (*self.base.add(idx)).load(Ordering::Relaxed) };
-        E::from_raw(bits)
+        // least `idx + 1` 8-byte-aligned entries (frames are 4 KiB aligned),
+        // which lives as long as any view of it (tables are released only
+        // after the flush that makes them unreachable is completed, or when
+        // the table is dropped).
+        unsafe { &*self.base.add(idx) }
+    }
+
+    /// Replaces entry `idx` with `new` if it still holds `current`; else
+    /// returns what it holds. For writers that share the table with other
+    /// writers (`&self`): the one that loses learns what the winner wrote.
+    #[inline(always)]
+    pub(crate) fn compare_exchange(self, idx: usize, current: E, new: E) -> Result<(), E> {
+        // Success: release publishes what this CPU wrote before (a zeroed
+        // table, a zeroed or filled frame) with the entry; a walker that
+        // acquires the entry sees those writes. Failure: acquire, since the
+        // loser goes on to walk through (or write into) what the winner
+        // published.
+        self.cell(idx)
+            .compare_exchange(
+                current.raw(),
+                new.raw(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .map(drop)
+            .map_err(E::from_raw)
     }
 
     /// Writes entry `idx`.
     #[inline(always)]
     pub(crate) fn set(self, idx: usize, entry: E) {
-        #[cfg(debug_assertions)]
-        debug_assert!(idx < self.len, "entry index {idx} out of table");
-        // SAFETY: as in `get`; the table is owned by the page table, which
-        // the caller borrows mutably, so no other software writer exists.
-        unsafe { (*self.base.add(idx)).store(entry.raw(), Ordering::Relaxed) }
+        // Relaxed: the caller borrows the page table mutably, so no other
+        // software walker or writer runs; what must be visible before the
+        // entry (a new table's zeroes) is ordered by `link`'s fence.
+        self.cell(idx).store(entry.raw(), Ordering::Relaxed)
     }
 
     /// Links a freshly filled table: orders its contents before the entry

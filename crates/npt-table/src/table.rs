@@ -4,6 +4,7 @@
 
 use alloc::vec::Vec;
 use core::marker::PhantomData;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
 use npt_entry::NptFormat;
@@ -139,6 +140,18 @@ impl Stash {
         hpa
     }
 
+    /// A zeroed frame, if any is left (no planning promise: the concurrent
+    /// insert asks until its walk finds the tables other CPUs published).
+    pub(crate) fn take_one(&mut self) -> Option<HostPhysAddr> {
+        self.frames.pop()
+    }
+
+    /// Takes back a frame `take_one` gave that is still zeroed (it lost
+    /// the race to be published). Room is there: it came out of this stash.
+    pub(crate) fn keep_one(&mut self, hpa: HostPhysAddr) {
+        self.frames.push(hpa);
+    }
+
     /// Returns the unused frames.
     pub(crate) fn give_back<A: FrameAllocator>(self, alloc: &A) {
         for hpa in self.frames {
@@ -185,8 +198,57 @@ pub struct NestedPageTable<F: NptFormat, A: FrameAllocator> {
 /// updates these.
 #[derive(Debug, Default)]
 pub(crate) struct Books {
-    pub(crate) stats: TableStats,
+    pub(crate) stats: Counters,
     pub(crate) retired: Retired,
+}
+
+/// [`TableStats`] kept in atomics, so that inserts sharing the table
+/// (`NestedPageTable::insert_new_concurrent`) can count what they add.
+/// Exclusive operations count through `get_mut`, without atomic
+/// instructions.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    table_frames: AtomicUsize,
+    leaves: [AtomicUsize; 4],
+}
+
+impl Counters {
+    /// Counters of a table holding only its root of `root_frames` frames.
+    fn new(root_frames: usize) -> Self {
+        Self {
+            table_frames: AtomicUsize::new(root_frames),
+            leaves: Default::default(),
+        }
+    }
+
+    /// The counters now. Relaxed: they are statistics, ordered with nothing
+    /// else; read while concurrent inserts run, they may lag behind the
+    /// entries those inserts published (never ahead of them, since each
+    /// insert counts after its compare-and-swap succeeded).
+    pub(crate) fn snapshot(&self) -> TableStats {
+        TableStats {
+            table_frames: self.table_frames.load(Ordering::Relaxed),
+            leaves: core::array::from_fn(|i| {
+                self.leaves.get(i).map_or(0, |l| l.load(Ordering::Relaxed))
+            }),
+        }
+    }
+
+    /// Table frames in use.
+    pub(crate) fn table_frames(&self) -> usize {
+        self.table_frames.load(Ordering::Relaxed)
+    }
+
+    /// Counts `tables` table frames and one 4 KiB leaf a concurrent insert
+    /// published. Relaxed, as [`Counters::snapshot`] says.
+    pub(crate) fn add_concurrent(&self, tables: usize, leaf: bool) {
+        if tables > 0 {
+            self.table_frames.fetch_add(tables, Ordering::Relaxed);
+        }
+        if leaf {
+            self.leaves[0].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// What a walk that changes the table records as it goes. The read-only
@@ -217,20 +279,22 @@ impl Ledger for () {
 impl Ledger for Books {
     #[inline(always)]
     fn leaves(&mut self, size: PageSize, n: usize, add: bool) {
-        let slot = &mut self.stats.leaves[size.height()];
-        if add { *slot += n } else { *slot -= n }
+        if let Some(slot) = self.stats.leaves.get_mut(size.height()) {
+            let slot = slot.get_mut();
+            if add { *slot += n } else { *slot -= n }
+        }
     }
     #[inline(always)]
     fn table_linked(&mut self) {
-        self.stats.table_frames += 1;
+        *self.stats.table_frames.get_mut() += 1;
     }
     #[inline(always)]
     fn table_released(&mut self) {
-        self.stats.table_frames -= 1;
+        *self.stats.table_frames.get_mut() -= 1;
     }
     #[inline(always)]
     fn table_parked(&mut self, hpa: HostPhysAddr, flush: &mut TlbFlush) {
-        self.stats.table_frames -= 1;
+        *self.stats.table_frames.get_mut() -= 1;
         self.retired.park(flush, hpa, 1);
     }
 }
@@ -238,7 +302,10 @@ impl Ledger for Books {
 // SAFETY: the table exclusively owns its frames; sending it moves that
 // ownership. Shared access only reads entries through atomics.
 unsafe impl<F: NptFormat, A: FrameAllocator + Send> Send for NestedPageTable<F, A> {}
-// SAFETY: `&self` methods only read table memory (atomically).
+// SAFETY: `&self` methods read table memory atomically; the only `&self`
+// methods that write it (`insert_new_concurrent` and the other
+// `*_concurrent` ones) change entries by compare-and-swap and count in
+// atomics, and never unlink or release a frame.
 unsafe impl<F: NptFormat, A: FrameAllocator + Sync> Sync for NestedPageTable<F, A> {}
 
 impl<F: NptFormat, A: FrameAllocator> core::fmt::Debug for NestedPageTable<F, A> {
@@ -246,7 +313,7 @@ impl<F: NptFormat, A: FrameAllocator> core::fmt::Debug for NestedPageTable<F, A>
         f.debug_struct("NestedPageTable")
             .field("format", &F::NAME)
             .field("root", &self.root)
-            .field("stats", &self.books.stats)
+            .field("stats", &self.books.stats.snapshot())
             .field("parked_frames", &self.books.retired.frames())
             .finish()
     }
@@ -280,10 +347,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             root,
             alloc,
             books: Books {
-                stats: TableStats {
-                    table_frames: F::ROOT_FRAMES,
-                    leaves: [0; 4],
-                },
+                stats: Counters::new(F::ROOT_FRAMES),
                 retired: Retired::default(),
             },
             pa_bits,
@@ -304,7 +368,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// Table frames and leaves in use (parked frames are not counted: see
     /// [`NestedPageTable::parked_frames`]).
     pub fn stats(&self) -> TableStats {
-        self.books.stats
+        self.books.stats.snapshot()
     }
 
     /// The host physical-address width this table accepts.
