@@ -24,7 +24,7 @@
 //! another CPU could still reach: the walks of other CPUs only ever find
 //! more of the tree. Operations that remove take `&mut self`.
 //!
-//! The descent is written once, in [`grow`], over the small [`Grow`]
+//! The descent is written once, in `grow`, over the small `Grow`
 //! interface, so the loom models at the end of this file check the same
 //! code the table runs.
 
