@@ -793,7 +793,7 @@ fn guest_copy(c: &mut Criterion, name: &str, len: usize) {
         data: &[u8],
         buf: &mut [u8],
     ) {
-        let mut space = ours_ram::<F>(COPY_REGION, false);
+        let space = ours_ram::<F>(COPY_REGION, false);
         let at = GuestPhysAddr::from_usize(gpa);
         space.write(at, data).expect("guest-aspace write");
         space.read(at, buf).expect("guest-aspace read");

@@ -81,7 +81,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         if left.start == at {
             return;
         }
-        let mut right = left.clone();
+        let mut right = left.piece();
         right.huge = left.huge.split_off(&at);
         right.start = at;
         right.size = left.end() - at;

@@ -58,15 +58,24 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// (bit `i` for the page at region start `+ i * 4096`; `out` must hold
     /// one bit per page, and words past the region's are zeroed), clears it,
     /// and write-protects the pages it named again.
-    pub fn collect_dirty(&mut self, gpa: GuestPhysAddr, out: &mut [u64]) -> AspaceResult<TlbFlush> {
+    ///
+    /// Takes `&self`: it runs while vCPUs fault and devices write guest
+    /// memory on other CPUs (through
+    /// [`crate::SharedAddrSpace::collect_dirty`]). Each word of the bitmap
+    /// is taken and cleared in one atomic step, and the pages it names are
+    /// write-protected with compare-and-swap afterwards, so a page written
+    /// meanwhile is in this collection or the next, never in neither. Flush
+    /// what the record names before copying the pages out: a vCPU may
+    /// still write through a writable translation until then.
+    pub fn collect_dirty(&self, gpa: GuestPhysAddr, out: &mut [u64]) -> AspaceResult<TlbFlush> {
         let region = self
-            .region_at_mut(gpa.as_usize())
+            .region_at(gpa.as_usize())
             .ok_or(AspaceError::NoRegion { gpa })?;
         let start = region.start;
         let pages = region.size / PAGE;
         let log = region
             .dirty
-            .as_mut()
+            .as_ref()
             .ok_or(AspaceError::WrongRegionState { gpa })?;
         if out.len().saturating_mul(64) < pages {
             return Err(AspaceError::BufferTooSmall {
@@ -77,31 +86,15 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         // Copy out and clear in place: no second bitmap (its size would be
         // the region's, a caller's choice).
         out.fill(0);
-        for (dst, word) in out.iter_mut().zip(log.bitmap.iter_mut()) {
-            *dst = core::mem::take(word);
-        }
+        let words = log.words().min(out.len());
+        let mut flush = TlbFlush::none();
         // Re-arm each run of consecutive dirty pages with one range
         // operation (one descent, every other bit of the leaves kept).
-        let mut flush = TlbFlush::none();
-        let dirty = |page: usize| {
-            out.get(page / 64)
-                .is_some_and(|w| w & (1 << (page % 64)) != 0)
-        };
-        let mut page = 0;
-        while page < pages {
-            if !dirty(page) {
-                page += 1;
-                continue;
-            }
-            let first = page;
-            while page < pages && dirty(page) {
-                page += 1;
-            }
+        log.collect(&mut out[..words], pages, |first, n| {
             let run = GuestPhysAddr::from_usize(start + first * PAGE);
-            flush.merge(allow_not_mapped(
-                self.table.write_protect_region(run, (page - first) * PAGE),
-            )?);
-        }
+            flush.merge(self.table.write_protect_concurrent(run, n * PAGE)?);
+            Ok::<(), AspaceError>(())
+        })?;
         Ok(flush)
     }
 
@@ -170,25 +163,24 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         }
     }
 
-    /// Marks the page at `page` dirty if its region is logging.
-    pub(crate) fn mark_dirty(&mut self, page: usize) {
-        if let Some(region) = self.region_at_mut(page) {
-            let idx = (page - region.start) / PAGE;
-            if let Some(log) = region.dirty.as_mut() {
-                log.mark(idx);
-            }
-        }
-    }
-
-    /// Marks every page of a host write while logging.
-    pub(crate) fn mark_host_write(&mut self, gpa: usize, len: usize) {
-        if len == 0 {
-            return;
-        }
+    /// Marks every page of `[gpa, gpa + len)` dirty where its region is
+    /// logging: after a host write has copied its bytes (see `DirtyLog`).
+    pub(crate) fn mark_host_write(&self, gpa: usize, len: usize) {
+        let end = gpa.saturating_add(len);
         let mut page = gpa & !(PAGE - 1);
-        while page < gpa + len {
-            self.mark_dirty(page);
-            page += PAGE;
+        while page < end {
+            let Some(region) = self.region_at(page) else {
+                page += PAGE;
+                continue;
+            };
+            let stop = region.end().min(end);
+            if let Some(log) = region.dirty.as_ref() {
+                while page < stop {
+                    log.mark((page - region.start) / PAGE);
+                    page += PAGE;
+                }
+            }
+            page = page.max(stop.next_multiple_of(PAGE));
         }
     }
 }

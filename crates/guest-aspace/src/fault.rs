@@ -3,10 +3,11 @@
 
 use gpa_types::{GuestPhysAddr, MappingFlags, PageSize};
 use npt_entry::NptFormat;
-use npt_table::{Entry, FrameAllocator, TlbFlush, VacantEntry};
+use npt_table::{FrameAllocator, Inserted, NptError, TlbFlush};
 
 use crate::error::{AspaceError, AspaceResult};
 use crate::region::{Backing, Region, RegionKind};
+use crate::stats::Count;
 use crate::space::GuestAddrSpace;
 
 const PAGE: usize = PageSize::Size4K.bytes();
@@ -96,30 +97,33 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// Handles a second-stage fault at `gpa`. Never allocates for a
     /// permission violation; allocates one zeroed 4 KiB frame for a first
     /// touch of lazy RAM.
-    pub fn handle_fault(
-        &mut self,
-        gpa: GuestPhysAddr,
-        access: Access,
-    ) -> AspaceResult<FaultOutcome> {
+    ///
+    /// Takes `&self`: vCPUs fault concurrently (through
+    /// [`crate::SharedAddrSpace::handle_fault`], under the shared lock).
+    /// What a fault changes, it changes with compare-and-swap on one entry
+    /// (see `npt_table::concurrent`): two vCPUs faulting on the same lazy
+    /// page map one frame, and both get [`FaultOutcome::Fixed`]; the page
+    /// is counted as populated once.
+    pub fn handle_fault(&self, gpa: GuestPhysAddr, access: Access) -> AspaceResult<FaultOutcome> {
         let result = self.handle_fault_inner(gpa, access);
-        let c = &mut self.counters;
+        let c = &self.counters;
         match &result {
             Ok(FaultOutcome::Fixed(_flush)) => {
-                c.fixed += 1;
+                c.add(Count::Fixed);
                 trace!(
                     "guest-aspace: {access:?} fault at {:#x} fixed; flush {_flush}",
                     gpa.as_usize()
                 );
             }
             Ok(FaultOutcome::Mmio { .. }) => {
-                c.mmio += 1;
+                c.add(Count::Mmio);
                 trace!(
                     "guest-aspace: {access:?} fault at {:#x}: MMIO",
                     gpa.as_usize()
                 );
             }
             Ok(FaultOutcome::Violation { kind: _kind, .. }) => {
-                c.violation += 1;
+                c.add(Count::Violation);
                 trace!(
                     "guest-aspace: {access:?} fault at {:#x}: violation in {} region",
                     gpa.as_usize(),
@@ -127,7 +131,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 );
             }
             Ok(FaultOutcome::Unmapped { .. }) => {
-                c.unmapped += 1;
+                c.add(Count::Unmapped);
                 trace!(
                     "guest-aspace: {access:?} fault at {:#x}: unmapped",
                     gpa.as_usize()
@@ -141,22 +145,12 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         result
     }
 
-    fn handle_fault_inner(
-        &mut self,
-        gpa: GuestPhysAddr,
-        access: Access,
-    ) -> AspaceResult<FaultOutcome> {
+    fn handle_fault_inner(&self, gpa: GuestPhysAddr, access: Access) -> AspaceResult<FaultOutcome> {
         let addr = gpa.as_usize();
         let page = addr & !(PAGE - 1);
         let write = access == Access::Write;
         // One region lookup and one walk, acting where it ended.
-        let Self {
-            table,
-            regions,
-            counters,
-            ..
-        } = self;
-        let Some(region) = crate::space::region_in(regions, addr) else {
+        let Some(region) = self.region_at(addr) else {
             return Ok(FaultOutcome::Unmapped { gpa });
         };
         // The region's rights first. Emulated device space checks data
@@ -175,89 +169,104 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         if emulated {
             return Ok(FaultOutcome::Mmio { gpa, access });
         }
-        match table.entry(page.into())? {
-            Entry::Vacant(vacant) if region.is_lazy() => {
-                let flush = fill(vacant, region, page, write)?;
-                counters.pages_populated += 1;
-                Ok(FaultOutcome::Fixed(flush))
-            }
-            Entry::Vacant(_) => Ok(FaultOutcome::Unmapped { gpa }),
-            // Mapped: a write while dirty logging write-protects the page,
-            // or a stale TLB entry (nothing to change).
-            Entry::Leaf(leaf) => {
-                let logging = region.dirty.is_some();
-                if write && logging && !leaf.translation().flags.contains(MappingFlags::WRITE) {
-                    mark(region, page);
-                    return Ok(FaultOutcome::Fixed(leaf.protect(region.flags)?));
-                }
-                Ok(FaultOutcome::Fixed(TlbFlush::none()))
+        // A write while dirty logging write-protects the page: make it
+        // writable and mark it, in the one walk of the update.
+        if write && region.dirty.is_some() {
+            match self.regrant(region, page) {
+                Err(AspaceError::Table(NptError::NotMapped { .. })) => {}
+                granted => return granted.map(FaultOutcome::Fixed),
             }
         }
+        if !region.is_lazy() {
+            // Mapped: a stale TLB entry, nothing to change.
+            return Ok(match self.table.translate_leaf(page.into()) {
+                Some(_) => FaultOutcome::Fixed(TlbFlush::none()),
+                None => FaultOutcome::Unmapped { gpa },
+            });
+        }
+        Ok(FaultOutcome::Fixed(match self.fill(region, page, write)? {
+            Filled::New(flush) => flush,
+            // Another vCPU populated it since the walk above (or it is a
+            // stale TLB entry): while logging, it may have mapped it
+            // read-only.
+            Filled::Present if write && region.dirty.is_some() => self.regrant(region, page)?,
+            Filled::Present => TlbFlush::none(),
+        }))
+    }
+
+    /// A write fault on a mapped page while dirty logging: makes it
+    /// writable (if another vCPU has not) and marks it.
+    /// [`NptError::NotMapped`] if no leaf maps it.
+    fn regrant(&self, region: &Region, page: usize) -> AspaceResult<TlbFlush> {
+        let Some(log) = region.dirty.as_ref() else {
+            return Ok(TlbFlush::none());
+        };
+        let granted = log.grant_then_mark((page - region.start) / PAGE, || {
+            self.table.update_flags_concurrent(page.into(), |now| {
+                (!now.contains(MappingFlags::WRITE)).then_some(region.flags)
+            })
+        })?;
+        Ok(granted.unwrap_or_else(TlbFlush::none))
     }
 
     /// Allocates, zeroes and maps the lazy page at `page` if it is not
     /// mapped yet. While dirty logging is on the page is mapped without
     /// write permission unless `dirty`, in which case it is marked dirty.
     #[inline]
-    pub(crate) fn populate_page(&mut self, page: usize, dirty: bool) -> AspaceResult<TlbFlush> {
-        let Self {
-            table,
-            regions,
-            counters,
-            ..
-        } = self;
-        let region = crate::space::region_in(regions, page)
+    pub(crate) fn populate_page(&self, page: usize, dirty: bool) -> AspaceResult<TlbFlush> {
+        let region = self
+            .region_at(page)
             .ok_or(AspaceError::NoRegion { gpa: page.into() })?;
-        match table.entry(page.into())? {
-            Entry::Vacant(vacant) => {
-                let flush = fill(vacant, region, page, dirty)?;
-                counters.pages_populated += 1;
-                Ok(flush)
+        match self.fill(region, page, dirty)? {
+            Filled::New(flush) => Ok(flush),
+            Filled::Present => Ok(TlbFlush::none()),
+        }
+    }
+
+    /// Fills the lazy page at `page` of `region` with a zeroed frame (a
+    /// pre-zeroed one from the allocator if it has one ready), unless a
+    /// leaf maps it already (another vCPU won the race, or it was there).
+    /// While dirty logging is on the page is mapped without write
+    /// permission unless `dirty`, in which case it is marked dirty after
+    /// it is mapped.
+    #[inline]
+    fn fill(&self, region: &Region, page: usize, dirty: bool) -> AspaceResult<Filled> {
+        let log = region.dirty.as_ref();
+        let mut flags = region.flags;
+        if log.is_some() && !dirty {
+            flags -= MappingFlags::WRITE;
+        }
+        // The leaf is the only record of a single frame (see `Region::huge`).
+        let inserted = self.table.insert_new_concurrent(page.into(), flags, |alloc| {
+            // A frame zeroed ahead of time (`ZeroedPool`), if one is ready.
+            if let Some(hpa) = alloc.alloc_zeroed_frame() {
+                return Some(hpa);
             }
-            Entry::Leaf(_) => Ok(TlbFlush::none()),
+            let hpa = alloc.alloc_frame()?;
+            // The guest (or the host write that populates it) touches it
+            // next: zero through the cache (see `zero.rs`). The insert
+            // publishes these stores with the leaf (release).
+            crate::zero::zero_frames(alloc, hpa, PAGE);
+            Some(hpa)
+        })?;
+        match inserted {
+            Inserted::New { flush, .. } => {
+                self.counters.add(Count::Populated);
+                if let (Some(log), true) = (log, dirty) {
+                    // Mapped (writable) first, marked after: see `DirtyLog`.
+                    log.mark((page - region.start) / PAGE);
+                }
+                Ok(Filled::New(flush))
+            }
+            Inserted::Present(_) => Ok(Filled::Present),
         }
     }
 }
 
-/// Fills the vacant lazy page at `page` of `region` with a zeroed frame
-/// (a pre-zeroed one from the allocator if it has one ready), mapped where the walk ended. While dirty logging is on the page is
-/// mapped without write permission unless `dirty`, in which case it is
-/// marked dirty.
-#[inline]
-fn fill<F: NptFormat, A: FrameAllocator>(
-    vacant: VacantEntry<'_, F, A>,
-    region: &mut Region,
-    page: usize,
-    dirty: bool,
-) -> AspaceResult<TlbFlush> {
-    let logging = region.dirty.is_some();
-    let mut flags = region.flags;
-    if logging && !dirty {
-        flags -= MappingFlags::WRITE;
-    }
-    // The leaf is the only record of a single frame (see `Region::huge`).
-    let (_, flush) = vacant.insert_new(flags, |alloc| {
-        // A frame zeroed ahead of time (`ZeroedPool`), if one is ready.
-        if let Some(hpa) = alloc.alloc_zeroed_frame() {
-            return Some(hpa);
-        }
-        let hpa = alloc.alloc_frame()?;
-        // The guest (or the host write that populates it) touches it
-        // next: zero through the cache (see `zero.rs`).
-        crate::zero::zero_frames(alloc, hpa, PAGE);
-        Some(hpa)
-    })?;
-    if logging && dirty {
-        mark(region, page);
-    }
-    Ok(flush)
-}
-
-/// Marks `page` dirty in `region`'s log, if it has one.
-#[inline]
-fn mark(region: &mut Region, page: usize) {
-    let idx = (page - region.start) / PAGE;
-    if let Some(log) = region.dirty.as_mut() {
-        log.mark(idx);
-    }
+/// What filling a lazy page found.
+enum Filled {
+    /// This call mapped it.
+    New(TlbFlush),
+    /// A leaf mapped it already.
+    Present,
 }

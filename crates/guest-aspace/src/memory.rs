@@ -171,23 +171,31 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// Writes a plain-old-data value at `gpa`, as [`GuestAddrSpace::write`]
     /// writes its bytes (host byte order; lazy pages populated first;
     /// marked dirty while logging; not to ROM).
-    pub fn write_obj<T: Pod>(&mut self, gpa: GuestPhysAddr, value: &T) -> AspaceResult<()> {
+    pub fn write_obj<T: Pod>(&self, gpa: GuestPhysAddr, value: &T) -> AspaceResult<()> {
         self.write(gpa, crate::pod::bytes_of(value))
     }
 
     /// Writes `data` at `gpa` (not to ROM: see
     /// [`GuestAddrSpace::load_image`]). Lazy pages are populated first, so
     /// nothing is written unless everything can be.
-    pub fn write(&mut self, gpa: GuestPhysAddr, data: &[u8]) -> AspaceResult<()> {
+    ///
+    /// Takes `&self`: device threads write guest memory while vCPUs run and
+    /// fault (through [`crate::SharedAddrSpace::write_bytes`]). A lazy page
+    /// that a vCPU populates at the same time ends with one frame, and the
+    /// bytes land in it; while dirty logging, the pages are marked after
+    /// the bytes are copied. Writes to the same bytes from several threads
+    /// at once race as they would on the guest's own memory: the bytes are
+    /// some mix of the writers'.
+    pub fn write(&self, gpa: GuestPhysAddr, data: &[u8]) -> AspaceResult<()> {
         self.write_as(gpa, data, Purpose::Write)
     }
 
     /// Loads an image at `gpa` from the host side; ROM regions accept it.
-    pub fn load_image(&mut self, gpa: GuestPhysAddr, image: &[u8]) -> AspaceResult<()> {
+    pub fn load_image(&self, gpa: GuestPhysAddr, image: &[u8]) -> AspaceResult<()> {
         self.write_as(gpa, image, Purpose::Load)
     }
 
-    fn write_as(&mut self, gpa: GuestPhysAddr, data: &[u8], purpose: Purpose) -> AspaceResult<()> {
+    fn write_as(&self, gpa: GuestPhysAddr, data: &[u8], purpose: Purpose) -> AspaceResult<()> {
         // One entry per unpopulated page: the write's length (a caller's
         // choice) sizes the list, so a refused allocation is `NoMemory`
         // before anything is populated.
@@ -209,6 +217,8 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             self.populate_page(page, false)?.ignore();
         }
         let src = data.as_ptr();
+        // Bytes first, marks after (see `DirtyLog`): a collector that takes
+        // a mark sees the bytes it stands for.
         self.copy(gpa.as_usize(), data.len(), |off, dst, n| {
             if let Some(dst) = dst {
                 // SAFETY: `dst` points into an owned frame (checked above),
@@ -233,7 +243,7 @@ macro_rules! le_accessors {
                 }
 
                 #[doc = concat!("Writes a little-endian `", stringify!($t), "` at `gpa`.")]
-                pub fn $write(&mut self, gpa: GuestPhysAddr, value: $t) -> AspaceResult<()> {
+                pub fn $write(&self, gpa: GuestPhysAddr, value: $t) -> AspaceResult<()> {
                     self.write(gpa, &value.to_le_bytes())
                 }
             )*

@@ -5,6 +5,11 @@ use alloc::vec::Vec;
 
 use gpa_types::{GuestPhysAddrRange, HostPhysAddr, MappingFlags, PageSize};
 
+#[cfg(not(loom))]
+use core::sync::atomic::{AtomicU64, Ordering};
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU64, Ordering};
+
 use crate::error::{AspaceError, AspaceResult};
 
 /// How a region is backed.
@@ -80,11 +85,29 @@ pub(crate) struct Chunk {
     pub(crate) size: PageSize,
 }
 
-/// Dirty-logging state of a region.
-#[derive(Debug, Clone, Default)]
+/// Dirty-logging state of a region: one bit per 4 KiB page, in atomics,
+/// so that faults and host writes on many CPUs mark pages while another
+/// collects them (cf. vm-memory's `AtomicBitmap`).
+///
+/// The orderings, and the order of the steps around them, are what keeps a
+/// dirty page from being missed by a collection:
+/// - a host write copies its bytes, then marks ([`DirtyLog::mark`],
+///   release); a collector takes the word ([`DirtyLog::take`], acquire)
+///   and then copies the page: it sees the bytes of every write whose mark
+///   it took;
+/// - a guest write fault makes the page writable, then marks
+///   ([`DirtyLog::grant_then_mark`]); a collector takes the word, then
+///   write-protects the pages it named. A page left writable therefore
+///   always has its bit set, for this collection or the next (marked first
+///   and granted after a collection's write-protect, it would stay
+///   writable with its bit gone, and later writes would never fault).
+///
+/// Under `--cfg loom` the words are loom's atomics, for the models at the
+/// end of this file.
+#[derive(Debug, Default)]
 pub(crate) struct DirtyLog {
     /// Bit `i`: the 4 KiB page at `start + i * 4096` was written.
-    pub(crate) bitmap: Vec<u64>,
+    bitmap: Vec<AtomicU64>,
 }
 
 impl DirtyLog {
@@ -97,35 +120,102 @@ impl DirtyLog {
         bitmap
             .try_reserve_exact(words)
             .map_err(|_| AspaceError::NoMemory)?;
-        bitmap.resize(words, 0);
+        bitmap.resize_with(words, || AtomicU64::new(0));
         Ok(Self { bitmap })
     }
 
-    /// The log of `pages` pages starting at page `first` of this one.
+    /// The log of `pages` pages starting at page `first` of this one (the
+    /// space is borrowed exclusively: nothing marks meanwhile).
     pub(crate) fn slice(&self, first: usize, pages: usize) -> AspaceResult<Self> {
-        let mut out = Self::new(pages)?;
+        let out = Self::new(pages)?;
         for page in 0..pages {
-            let src = first + page;
-            let set = self
-                .bitmap
-                .get(src / 64)
-                .is_some_and(|w| w & (1 << (src % 64)) != 0);
-            if set {
+            if self.is_set(first + page) {
                 out.mark(page);
             }
         }
         Ok(out)
     }
 
-    pub(crate) fn mark(&mut self, page: usize) {
-        if let Some(word) = self.bitmap.get_mut(page / 64) {
-            *word |= 1 << (page % 64);
+    /// Whether `page` is marked.
+    pub(crate) fn is_set(&self, page: usize) -> bool {
+        self.bitmap
+            .get(page / 64)
+            .is_some_and(|w| w.load(Ordering::Acquire) & (1 << (page % 64)) != 0)
+    }
+
+    /// Words of the bitmap.
+    pub(crate) fn words(&self) -> usize {
+        self.bitmap.len()
+    }
+
+    /// Marks `page` dirty. Release: the write the mark stands for happened
+    /// before it, and a collector that takes the bit (acquire) sees it.
+    /// Always the read-modify-write, even when the bit is set already: a
+    /// mark that only looked would publish nothing.
+    pub(crate) fn mark(&self, page: usize) {
+        if let Some(word) = self.bitmap.get(page / 64) {
+            word.fetch_or(1 << (page % 64), Ordering::Release);
         }
+    }
+
+    /// Takes word `w`: its bits, cleared in the same step, so a mark lands
+    /// either in what is taken or in the bitmap for the next collection.
+    /// Acquire: pairs with [`DirtyLog::mark`].
+    pub(crate) fn take(&self, w: usize) -> u64 {
+        self.bitmap
+            .get(w)
+            .map_or(0, |word| word.swap(0, Ordering::AcqRel))
+    }
+
+    /// A write fault on `page` while logging: `grant` makes the page
+    /// writable, then, if it succeeded, the page is marked (the order the
+    /// type's docs explain). A page `grant` finds writable already is
+    /// marked too: the write that faulted is about to land.
+    pub(crate) fn grant_then_mark<R, E>(
+        &self,
+        page: usize,
+        grant: impl FnOnce() -> Result<R, E>,
+    ) -> Result<R, E> {
+        let granted = grant()?;
+        self.mark(page);
+        Ok(granted)
+    }
+
+    /// Takes the whole log into `out` (bit `i` for page `i`; `out` holds a
+    /// word per bitmap word at least), then calls `rearm(first, pages)`
+    /// for each run of pages it took, in order: taken first, write-protected
+    /// after (the order the type's docs explain).
+    pub(crate) fn collect<E>(
+        &self,
+        out: &mut [u64],
+        pages: usize,
+        mut rearm: impl FnMut(usize, usize) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for (w, dst) in out.iter_mut().enumerate() {
+            *dst = self.take(w);
+        }
+        let dirty = |page: usize| {
+            out.get(page / 64)
+                .is_some_and(|w| w & (1 << (page % 64)) != 0)
+        };
+        let mut page = 0;
+        while page < pages {
+            if !dirty(page) {
+                page += 1;
+                continue;
+            }
+            let first = page;
+            while page < pages && dirty(page) {
+                page += 1;
+            }
+            rearm(first, page - first)?;
+        }
+        Ok(())
     }
 }
 
 /// One region of the window.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Region {
     pub(crate) start: usize,
     pub(crate) size: usize,
@@ -142,6 +232,19 @@ pub(crate) struct Region {
 impl Region {
     pub(crate) fn end(&self) -> usize {
         self.start + self.size
+    }
+
+    /// A region like this one without its chunks or dirty log: the start
+    /// of a piece that cutting it leaves.
+    pub(crate) fn piece(&self) -> Self {
+        Self {
+            start: self.start,
+            size: self.size,
+            flags: self.flags,
+            backing: self.backing,
+            huge: BTreeMap::new(),
+            dirty: None,
+        }
     }
 
     /// The host address backing `gpa` for the pass-through kinds.
@@ -184,4 +287,94 @@ pub struct RegionInfo {
     pub populated: usize,
     /// Whether dirty logging is on.
     pub dirty_logging: bool,
+}
+
+/// loom models of the dirty log against the collector: every interleaving
+/// (within loom's bounds) of the steps [`DirtyLog`]'s docs order. The leaf
+/// is one loom atomic whose bit 1 stands for write permission, changed with
+/// single read-modify-writes as `npt_table`'s compare-and-swap updates do;
+/// what is checked is the order `DirtyLog` puts around them.
+///
+/// Run: `RUSTFLAGS="--cfg loom" cargo test -p guest-aspace --release --lib region`.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use alloc::sync::Arc;
+
+    use loom::cell::UnsafeCell;
+    use loom::sync::atomic::{AtomicU64, Ordering};
+
+    use super::DirtyLog;
+
+    const WRITE: u64 = 1 << 1;
+
+    /// A write fault (grant, then mark) against a collection (take, then
+    /// write-protect): a page left writable always has its bit set, and the
+    /// fault's mark is in the collection or left for the next one.
+    #[test]
+    fn fault_against_collect_dirty() {
+        loom::model(|| {
+            let log = Arc::new(DirtyLog::new(1).unwrap());
+            let leaf = Arc::new(AtomicU64::new(0));
+            let (log2, leaf2) = (log.clone(), leaf.clone());
+            let fault = loom::thread::spawn(move || {
+                log2.grant_then_mark(0, || {
+                    leaf2.fetch_or(WRITE, Ordering::AcqRel);
+                    Ok::<(), ()>(())
+                })
+            });
+            let mut out = [0u64; 1];
+            log.collect(&mut out, 1, |_, _| {
+                leaf.fetch_and(!WRITE, Ordering::AcqRel);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+            fault.join().unwrap().unwrap();
+            let writable = leaf.load(Ordering::Acquire) & WRITE != 0;
+            assert!(!writable || log.is_set(0), "writable page with no dirty bit");
+            assert!(out[0] & 1 != 0 || log.is_set(0), "dirty bit lost");
+        });
+    }
+
+    /// A host write (bytes, then mark) against a collection: a collector
+    /// that takes the mark sees the bytes (loom checks the access for a
+    /// race), and an untaken mark stays for the next collection.
+    #[test]
+    fn host_write_against_collect_dirty() {
+        loom::model(|| {
+            let log = Arc::new(DirtyLog::new(1).unwrap());
+            let page = Arc::new(UnsafeCell::new(0u64));
+            let (log2, page2) = (log.clone(), page.clone());
+            let writer = loom::thread::spawn(move || {
+                // SAFETY (loom cell): only this thread writes the page; the
+                // collector reads it only after taking the mark.
+                page2.with_mut(|p| unsafe { *p = 7 });
+                log2.mark(0);
+            });
+            let mut out = [0u64; 1];
+            log.collect(&mut out, 1, |_, _| Ok::<(), ()>(())).unwrap();
+            if out[0] & 1 != 0 {
+                // SAFETY (loom cell): the mark taken orders the write first.
+                assert_eq!(page.with(|p| unsafe { *p }), 7);
+            }
+            writer.join().unwrap();
+            assert!(out[0] & 1 != 0 || log.is_set(0), "dirty bit lost");
+        });
+    }
+
+    /// Two marks in the same word against a take: each lands in what is
+    /// taken or in what stays.
+    #[test]
+    fn marks_in_one_word_against_take() {
+        loom::model(|| {
+            let log = Arc::new(DirtyLog::new(64).unwrap());
+            let log2 = log.clone();
+            let other = loom::thread::spawn(move || log2.mark(1));
+            log.mark(0);
+            let taken = log.take(0);
+            other.join().unwrap();
+            let stays = log.take(0);
+            assert_eq!(taken | stays, 0b11);
+            assert_eq!(taken & stays, 0);
+        });
+    }
 }

@@ -2,7 +2,7 @@
 
 use gpa_types::{GuestPhysAddr, HostPhysAddr};
 use npt_entry::NptFormat;
-use npt_table::FrameAllocator;
+use npt_table::{FrameAllocator, TlbFlush};
 
 use crate::error::AspaceResult;
 use crate::fault::{Access, FaultOutcome};
@@ -10,11 +10,16 @@ use crate::pod::Pod;
 use crate::rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::space::GuestAddrSpace;
 
-/// A [`GuestAddrSpace`] behind a reader-writer spin lock: translations and
-/// guest-memory reads from many vCPUs run concurrently; faults, writes and
-/// region changes take exclusive access. The lock ([`RwLock`]) prefers
-/// writers: once a fault waits, no new translation gets in ahead of it, so
-/// it waits only for the translations already running.
+/// A [`GuestAddrSpace`] behind a reader-writer spin lock. Faults,
+/// translations, guest-memory reads and writes and dirty-log collection
+/// from many vCPUs and device threads run concurrently under the shared
+/// lock: what they change in the table they change with compare-and-swap
+/// on single entries (see `npt_table::concurrent`), and dirty bits live in
+/// atomic bitmaps. Region changes (add, remove, clear, protect, starting
+/// and stopping dirty logging) take the lock exclusively through
+/// [`SharedAddrSpace::write`]. The lock ([`RwLock`]) prefers writers: once
+/// a region change waits, no new shared access gets in ahead of it, so it
+/// waits only for those already running.
 ///
 /// ```
 /// # use guest_aspace::{GuestAddrSpace, SharedAddrSpace};
@@ -44,41 +49,57 @@ impl<F: NptFormat, A: FrameAllocator> SharedAddrSpace<F, A> {
         }
     }
 
-    /// Shared access (translations, reads).
+    /// Shared access: everything but region changes.
     pub fn read(&self) -> RwLockReadGuard<'_, GuestAddrSpace<F, A>> {
         self.inner.read()
     }
 
-    /// Exclusive access (faults, writes, region changes).
+    /// Exclusive access: region changes (add, remove, clear, protect,
+    /// starting and stopping dirty logging).
     pub fn write(&self) -> RwLockWriteGuard<'_, GuestAddrSpace<F, A>> {
         self.inner.write()
     }
 
-    /// Translates under a shared lock.
+    /// Translates under the shared lock.
     pub fn translate(&self, gpa: GuestPhysAddr) -> Option<HostPhysAddr> {
         self.inner.read().translate(gpa)
     }
 
-    /// Reads guest memory under a shared lock.
+    /// Handles a fault under the shared lock (see
+    /// [`GuestAddrSpace::handle_fault`]): vCPUs fault concurrently; two
+    /// faulting on the same lazy page map one frame.
+    pub fn handle_fault(&self, gpa: GuestPhysAddr, access: Access) -> AspaceResult<FaultOutcome> {
+        self.inner.read().handle_fault(gpa, access)
+    }
+
+    /// Reads guest memory under the shared lock.
     pub fn read_bytes(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> AspaceResult<()> {
         self.inner.read().read(gpa, buf)
     }
 
-    /// Reads a plain-old-data value under a shared lock (see
+    /// Writes guest memory under the shared lock, populating lazy pages and
+    /// marking dirty pages (see [`GuestAddrSpace::write`]).
+    pub fn write_bytes(&self, gpa: GuestPhysAddr, data: &[u8]) -> AspaceResult<()> {
+        self.inner.read().write(gpa, data)
+    }
+
+    /// Reads a plain-old-data value under the shared lock (see
     /// [`GuestAddrSpace::read_obj`]).
     pub fn read_obj<T: Pod>(&self, gpa: GuestPhysAddr) -> AspaceResult<T> {
         self.inner.read().read_obj(gpa)
     }
 
-    /// Writes a plain-old-data value under the exclusive lock (a write may
-    /// populate lazy pages; see [`GuestAddrSpace::write_obj`]).
+    /// Writes a plain-old-data value under the shared lock (see
+    /// [`GuestAddrSpace::write_obj`]).
     pub fn write_obj<T: Pod>(&self, gpa: GuestPhysAddr, value: &T) -> AspaceResult<()> {
-        self.inner.write().write_obj(gpa, value)
+        self.inner.read().write_obj(gpa, value)
     }
 
-    /// Handles a fault under the exclusive lock.
-    pub fn handle_fault(&self, gpa: GuestPhysAddr, access: Access) -> AspaceResult<FaultOutcome> {
-        self.inner.write().handle_fault(gpa, access)
+    /// Collects the dirty log of the region holding `gpa` under the shared
+    /// lock, while vCPUs keep faulting (see
+    /// [`GuestAddrSpace::collect_dirty`]).
+    pub fn collect_dirty(&self, gpa: GuestPhysAddr, out: &mut [u64]) -> AspaceResult<TlbFlush> {
+        self.inner.read().collect_dirty(gpa, out)
     }
 
     /// The space back.

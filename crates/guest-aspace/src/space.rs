@@ -9,7 +9,7 @@ use npt_table::{FrameAllocator, MapPolicy, NestedPageTable, NptError, TableStats
 
 use crate::error::{AspaceError, AspaceResult};
 use crate::region::{Backing, Chunk, Region, RegionInfo, RegionKind};
-use crate::stats::{FaultCounters, SpaceStats};
+use crate::stats::{Counters, SpaceStats};
 
 const PAGE: usize = PageSize::Size4K.bytes();
 
@@ -69,7 +69,7 @@ pub struct GuestAddrSpace<F: NptFormat, A: FrameAllocator> {
     /// [`GuestAddrSpace::hpa_to_gpa`]).
     pub(crate) reverse: BTreeMap<usize, (usize, usize)>,
     /// Faults handled and lazy pages filled ([`GuestAddrSpace::stats`]).
-    pub(crate) counters: FaultCounters,
+    pub(crate) counters: Counters,
     /// The largest frame (and leaf) eager RAM added from now on may use.
     pub(crate) ram_page_limit: PageSize,
 }
@@ -100,7 +100,7 @@ impl<F: NptFormat, A: FrameAllocator> core::fmt::Debug for GuestAddrSpace<F, A> 
             .field("root", &format_args!("{:#x}", self.root_hpa().as_usize()))
             .field("regions", &Regions(&self.regions))
             .field("table", &self.table.stats())
-            .field("faults", &self.counters)
+            .field("faults", &self.counters.snapshot())
             .finish()
     }
 }
@@ -132,7 +132,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             window: (start, end),
             regions: BTreeMap::new(),
             reverse: BTreeMap::new(),
-            counters: FaultCounters::default(),
+            counters: Counters::default(),
             ram_page_limit: PageSize::Size1G,
         })
     }
@@ -165,7 +165,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             regions: self.regions.len(),
             region_bytes,
             populated_bytes,
-            faults: self.counters,
+            faults: self.counters.snapshot(),
         }
     }
 
@@ -200,13 +200,6 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             dirty_logging: region.dirty.is_some(),
         }
     }
-}
-
-/// The region of `regions` containing `gpa`, mutably: for operations that
-/// also hold the table.
-pub(crate) fn region_in(regions: &mut BTreeMap<usize, Region>, gpa: usize) -> Option<&mut Region> {
-    let (_, r) = regions.range_mut(..=gpa).next_back()?;
-    (gpa < r.end()).then_some(r)
 }
 
 impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
@@ -769,12 +762,10 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         let mut flush = self.unmap_parking(gpa, len, owned.len())?;
         // Then update the bookkeeping, which cannot fail.
         for s in starts {
-            let Some(mut region) = self.regions.remove(&s) else {
+            let Some(region) = self.regions.remove(&s) else {
                 continue;
             };
-            // The pieces' logs were sliced above; the clones below must not
-            // copy the whole bitmap.
-            region.dirty = None;
+            // The pieces' logs were sliced above.
             let (lo, hi) = (start.max(region.start), end.min(region.end()));
             if region.backing == Backing::AllocIdentical {
                 self.reverse.remove(&region.start);
@@ -784,14 +775,14 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 self.reverse.remove(&c.hpa.as_usize());
             }
             if region.start < lo {
-                let mut left = region.clone();
+                let mut left = region.piece();
                 left.size = lo - region.start;
                 left.huge = region.huge.range(..lo).map(|(g, c)| (*g, *c)).collect();
                 left.dirty = left_log.take();
                 self.regions.insert(left.start, left);
             }
             if hi < region.end() {
-                let mut right = region.clone();
+                let mut right = region.piece();
                 right.start = hi;
                 right.size = region.end() - hi;
                 right.huge = region.huge.range(hi..).map(|(g, c)| (*g, *c)).collect();

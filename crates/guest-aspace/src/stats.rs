@@ -2,6 +2,7 @@
 //! forms of regions and of the space (an `info mem`-style dump).
 
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use gpa_types::PageSize;
 use npt_entry::NptFormat;
@@ -30,6 +31,54 @@ impl FaultCounters {
     /// Faults handled, all outcomes.
     pub fn faults(&self) -> u64 {
         self.fixed + self.mmio + self.violation + self.unmapped
+    }
+}
+
+/// The space's [`FaultCounters`], in atomics: faults on many vCPUs count
+/// through `&self`. Relaxed: they are statistics, ordered with nothing; a
+/// snapshot taken while faults run may lag behind them.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    fixed: AtomicU64,
+    mmio: AtomicU64,
+    violation: AtomicU64,
+    unmapped: AtomicU64,
+    pages_populated: AtomicU64,
+}
+
+/// Which counter a fault adds to.
+#[derive(Clone, Copy)]
+pub(crate) enum Count {
+    Fixed,
+    Mmio,
+    Violation,
+    Unmapped,
+    Populated,
+}
+
+impl Counters {
+    /// Adds one to `which`.
+    #[inline]
+    pub(crate) fn add(&self, which: Count) {
+        let c = match which {
+            Count::Fixed => &self.fixed,
+            Count::Mmio => &self.mmio,
+            Count::Violation => &self.violation,
+            Count::Unmapped => &self.unmapped,
+            Count::Populated => &self.pages_populated,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub(crate) fn snapshot(&self) -> FaultCounters {
+        FaultCounters {
+            fixed: self.fixed.load(Ordering::Relaxed),
+            mmio: self.mmio.load(Ordering::Relaxed),
+            violation: self.violation.load(Ordering::Relaxed),
+            unmapped: self.unmapped.load(Ordering::Relaxed),
+            pages_populated: self.pages_populated.load(Ordering::Relaxed),
+        }
     }
 }
 

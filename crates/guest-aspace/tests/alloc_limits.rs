@@ -210,7 +210,7 @@ fn stop_dirty_log_on_a_huge_identical_region_allocates_nothing_per_span() {
 #[test]
 fn host_write_over_many_lazy_pages_is_no_memory_and_changes_nothing() {
     let alloc = HostFrameAllocator::new();
-    let mut s = big_space(&alloc);
+    let s = big_space(&alloc);
     // 64 MiB over unpopulated lazy RAM: 16384 pages to populate, listed
     // first (a 128 KiB list) so nothing is written unless everything can be.
     let data = vec![0xa5u8; 64 << 20];
@@ -225,7 +225,7 @@ fn host_write_over_many_lazy_pages_is_no_memory_and_changes_nothing() {
 #[test]
 fn translate_range_over_many_pieces_is_no_memory() {
     let alloc = HostFrameAllocator::new();
-    let mut s = big_space(&alloc);
+    let s = big_space(&alloc);
     // 4096 populated pages whose frames are not contiguous (every other
     // page), so the answer has thousands of pieces.
     for i in 0..4096 {

@@ -67,7 +67,7 @@ fn build<'a>(
 #[test]
 fn every_device_kind_becomes_its_region() {
     let alloc = HostFrameAllocator::new();
-    let mut space = build(&alloc, &devices()).unwrap();
+    let space = build(&alloc, &devices()).unwrap();
     assert_eq!(space.regions().count(), 5);
     let rw_dev = MappingFlags::READ | MappingFlags::WRITE | MappingFlags::DEVICE;
 

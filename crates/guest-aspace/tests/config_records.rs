@@ -297,7 +297,7 @@ fn bad_flags_refused_for_every_map_type() {
 #[test]
 fn mmio_record_flags_apply() {
     let alloc = HostFrameAllocator::new();
-    let mut s = build(
+    let s = build(
         &alloc,
         &[[0x1000, 0x1000, 0x1, 3], [0x2000, 0x1000, 0x13, 3]],
         ConfigOptions::default(),

@@ -26,7 +26,7 @@ fn setup(alloc: &HostFrameAllocator) -> GuestAddrSpace<Ept4, &HostFrameAllocator
 #[test]
 fn lazy_first_touch_allocates_one_zeroed_frame() {
     let alloc = HostFrameAllocator::new();
-    let mut s = setup(&alloc);
+    let s = setup(&alloc);
     // First touch in a fresh area also builds tables; afterwards only the
     // frame itself is allocated.
     assert!(matches!(
@@ -171,7 +171,7 @@ fn violations_never_allocate() {
 #[test]
 fn unmapped_outside_every_region() {
     let alloc = HostFrameAllocator::new();
-    let mut s = setup(&alloc);
+    let s = setup(&alloc);
     let before = snapshot(&s);
     let live = alloc.live_frames();
     for g in [

@@ -192,7 +192,7 @@ fn rom_rejects_writes_and_takes_images() {
 #[test]
 fn reading_unpopulated_lazy_ram_is_zero_and_allocates_nothing() {
     let alloc = HostFrameAllocator::new();
-    let mut s = setup(&alloc);
+    let s = setup(&alloc);
     s.write_u8(gpa(LAZY + 3 * K4 + 9), 0x5a).unwrap();
     let before = snapshot(&s);
     let live = alloc.live_frames();
@@ -267,7 +267,7 @@ unsafe impl guest_aspace::Pod for Desc {}
 #[test]
 fn objects_round_trip_at_any_alignment_and_across_pages() {
     let alloc = HostFrameAllocator::new();
-    let mut s = setup(&alloc);
+    let s = setup(&alloc);
     // Unaligned u64 straddling the eager RAM's two 2 MiB frames.
     let edge = EAGER + M2;
     s.write_obj(gpa(edge - 3), &0x0102_0304_0506_0708u64)
@@ -303,7 +303,7 @@ fn objects_round_trip_at_any_alignment_and_across_pages() {
 #[test]
 fn objects_obey_the_byte_apis_rules() {
     let alloc = HostFrameAllocator::new();
-    let mut s = setup(&alloc);
+    let s = setup(&alloc);
     // Unpopulated lazy RAM reads as zeros and allocates nothing.
     let frames = alloc.live_frames();
     assert_eq!(s.read_obj::<[u64; 2]>(gpa(LAZY + 3 * K4)), Ok([0, 0]));

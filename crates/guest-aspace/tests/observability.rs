@@ -54,7 +54,7 @@ fn region_display_is_one_readable_line() {
 #[test]
 fn counters_follow_faults_and_population() {
     let alloc = HostFrameAllocator::new();
-    let mut s = space(&alloc);
+    let s = space(&alloc);
     assert_eq!(s.stats().faults, FaultCounters::default());
     let lazy = GuestPhysAddr::from(0x100_0000);
     let _ = s.handle_fault(lazy, Access::Write).unwrap();

@@ -19,7 +19,7 @@ fn std_feature_reexports_the_host_allocators() {
             [0x8000_0000, 0x20_0000, 0x7, 0],
             [0x900_0000, 0x1000, 0x3, 3],
         ];
-        let (mut space, flush) = GuestAddrSpace::<Ept4, _>::from_config(
+        let (space, flush) = GuestAddrSpace::<Ept4, _>::from_config(
             &alloc,
             window,
             &records,

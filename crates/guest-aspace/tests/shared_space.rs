@@ -180,7 +180,7 @@ fn a_fault_gets_in_while_three_vcpus_translate() {
         let mut waits = Vec::new();
         for page in 0..ROUNDS {
             let t0 = Instant::now();
-            let mut space = shared.write();
+            let space = shared.write();
             waits.push(t0.elapsed());
             match space.handle_fault(gpa(LAZY + page * K4), Access::Write) {
                 Ok(FaultOutcome::Fixed(flush)) => flush.ignore(),
