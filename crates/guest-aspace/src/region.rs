@@ -5,9 +5,9 @@ use alloc::vec::Vec;
 
 use gpa_types::{GuestPhysAddrRange, HostPhysAddr, MappingFlags, PageSize};
 
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 use core::sync::atomic::{AtomicU64, Ordering};
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 use loom::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{AspaceError, AspaceResult};

@@ -26,10 +26,10 @@ use core::cell::UnsafeCell;
 use core::fmt;
 use core::ops::{Deref, DerefMut};
 
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 use loom::sync::atomic::{AtomicUsize, Ordering};
 
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bit 0: a writer holds the lock.
@@ -42,9 +42,9 @@ const READER: usize = 4;
 /// Lets another CPU (or, under loom, another modelled thread) run.
 #[inline]
 fn relax() {
-    #[cfg(loom)]
+    #[cfg(all(test, loom))]
     loom::thread::yield_now();
-    #[cfg(not(loom))]
+    #[cfg(not(all(test, loom)))]
     core::hint::spin_loop();
 }
 
@@ -64,7 +64,7 @@ unsafe impl<T: ?Sized + Send + Sync> Sync for RwLock<T> {}
 
 impl<T> RwLock<T> {
     /// A new, unlocked lock.
-    #[cfg(not(loom))]
+    #[cfg(not(all(test, loom)))]
     pub const fn new(value: T) -> Self {
         Self {
             state: AtomicUsize::new(0),
@@ -73,7 +73,7 @@ impl<T> RwLock<T> {
     }
 
     /// A new, unlocked lock (loom's atomics have no `const fn new`).
-    #[cfg(loom)]
+    #[cfg(all(test, loom))]
     pub fn new(value: T) -> Self {
         Self {
             state: AtomicUsize::new(0),
