@@ -279,8 +279,7 @@ fn faults_4096_threads(c: &mut Criterion) {
 
 /// Writes `data` at `gpa` through the shared space.
 fn host_write(s: &Shared, gpa: GuestPhysAddr, data: &[u8]) {
-    // LEAD: switch to SharedAddrSpace::write_bytes once it exists
-    s.write().write(gpa, data).expect("guest-aspace write");
+    s.write_bytes(gpa, data).expect("guest-aspace write");
 }
 
 /// Host memory that several threads write at disjoint pages: the floor of
