@@ -110,17 +110,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// width).
     pub fn new(alloc: A, window: GuestPhysAddrRange) -> AspaceResult<Self> {
         let (start, end) = (window.start.as_usize(), window.end.as_usize());
-        if start >= end {
-            return Err(AspaceError::ZeroSize);
-        }
-        for v in [start, end] {
-            if v % PAGE != 0 {
-                return Err(AspaceError::NotAligned {
-                    value: v,
-                    align: PAGE,
-                });
-            }
-        }
+        check_span(start, end.saturating_sub(start))?;
         if end as u64 > F::GPA_LIMIT {
             return Err(AspaceError::OutsideWindow {
                 gpa: window.start,
@@ -202,6 +192,26 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     }
 }
 
+/// Checks a guest range given by its start and length: non-empty, both
+/// 4 KiB aligned, not wrapping past the end of the address space. Returns
+/// the end. The one range check of the space: each caller adds what its
+/// operation needs (inside the window and free, covered by regions, inside
+/// the format's GPA width).
+pub(crate) fn check_span(start: usize, len: usize) -> AspaceResult<usize> {
+    if len == 0 {
+        return Err(AspaceError::ZeroSize);
+    }
+    for value in [start, len] {
+        if value % PAGE != 0 {
+            return Err(AspaceError::NotAligned { value, align: PAGE });
+        }
+    }
+    start.checked_add(len).ok_or(AspaceError::OutsideWindow {
+        gpa: GuestPhysAddr::from_usize(start),
+        len,
+    })
+}
+
 impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     pub(crate) fn region_at(&self, gpa: usize) -> Option<&Region> {
         let (_, r) = self.regions.range(..=gpa).next_back()?;
@@ -241,24 +251,12 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
 
     /// Checks a new region's range: size, alignment, window, overlap.
     pub(crate) fn check_free(&self, gpa: usize, size: usize) -> AspaceResult<usize> {
-        if size == 0 {
-            return Err(AspaceError::ZeroSize);
-        }
-        for v in [gpa, size] {
-            if v % PAGE != 0 {
-                return Err(AspaceError::NotAligned {
-                    value: v,
-                    align: PAGE,
-                });
-            }
-        }
-        let outside = AspaceError::OutsideWindow {
-            gpa: gpa.into(),
-            len: size,
-        };
-        let end = gpa.checked_add(size).ok_or(outside)?;
+        let end = check_span(gpa, size)?;
         if gpa < self.window.0 || end > self.window.1 {
-            return Err(outside);
+            return Err(AspaceError::OutsideWindow {
+                gpa: gpa.into(),
+                len: size,
+            });
         }
         if let Some((&s, r)) = self.regions.range(..end).next_back() {
             if r.end() > gpa {
@@ -615,15 +613,9 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         size: usize,
         flags: MappingFlags,
     ) -> AspaceResult<(GuestPhysAddr, TlbFlush)> {
-        if size == 0 {
-            return Err(AspaceError::ZeroSize);
-        }
-        if size % PAGE != 0 {
-            return Err(AspaceError::NotAligned {
-                value: size,
-                align: PAGE,
-            });
-        }
+        // The size alone: the placement comes from the allocator and is
+        // checked against the window and the regions below.
+        check_span(0, size)?;
         npt_entry::check_flags(flags).map_err(|e| AspaceError::Table(e.into()))?;
         let align = [PageSize::Size1G, PageSize::Size2M]
             .into_iter()
@@ -693,20 +685,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// frame or allocated identical memory). Returns the end.
     pub(crate) fn check_cut(&self, gpa: GuestPhysAddr, len: usize) -> AspaceResult<usize> {
         let start = gpa.as_usize();
-        if len == 0 {
-            return Err(AspaceError::ZeroSize);
-        }
-        for v in [start, len] {
-            if v % PAGE != 0 {
-                return Err(AspaceError::NotAligned {
-                    value: v,
-                    align: PAGE,
-                });
-            }
-        }
-        let end = start
-            .checked_add(len)
-            .ok_or(AspaceError::OutsideWindow { gpa, len })?;
+        let end = check_span(start, len)?;
         if !self.contains_range(gpa, len) {
             let mut pos = start;
             while let Some(r) = self.region_at(pos) {
