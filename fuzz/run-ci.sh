@@ -72,6 +72,14 @@ end "miri npt-table --lib"
 begin "miri guest-aspace --lib"
 cargo +nightly miri test -p guest-aspace --lib
 end "miri guest-aspace --lib"
+# The concurrent paths on std threads, at Miri's reduced sizes: inserts
+# and flag updates racing on every format, vCPUs faulting one page.
+begin "miri npt-table --test concurrent"
+cargo +nightly miri test -p npt-table --test concurrent
+end "miri npt-table --test concurrent"
+begin "miri guest-aspace --test shared_space"
+cargo +nightly miri test -p guest-aspace --test shared_space vcpus_faulting
+end "miri guest-aspace --test shared_space"
 if [ "${MIRI_FULL:-0}" = 1 ]; then
     begin "miri npt-table --test fault_injection"
     cargo +nightly miri test -p npt-table --test fault_injection
