@@ -7,8 +7,8 @@ use npt_table::{FrameAllocator, Inserted, NptError, TlbFlush};
 
 use crate::error::{AspaceError, AspaceResult};
 use crate::region::{Backing, Region, RegionKind};
-use crate::stats::Count;
 use crate::space::GuestAddrSpace;
+use crate::stats::Count;
 
 const PAGE: usize = PageSize::Size4K.bytes();
 
@@ -109,21 +109,21 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         let c = &self.counters;
         match &result {
             Ok(FaultOutcome::Fixed(_flush)) => {
-                c.add(Count::Fixed);
+                c.add(Count::Fixed, gpa.as_usize());
                 trace!(
                     "guest-aspace: {access:?} fault at {:#x} fixed; flush {_flush}",
                     gpa.as_usize()
                 );
             }
             Ok(FaultOutcome::Mmio { .. }) => {
-                c.add(Count::Mmio);
+                c.add(Count::Mmio, gpa.as_usize());
                 trace!(
                     "guest-aspace: {access:?} fault at {:#x}: MMIO",
                     gpa.as_usize()
                 );
             }
             Ok(FaultOutcome::Violation { kind: _kind, .. }) => {
-                c.add(Count::Violation);
+                c.add(Count::Violation, gpa.as_usize());
                 trace!(
                     "guest-aspace: {access:?} fault at {:#x}: violation in {} region",
                     gpa.as_usize(),
@@ -131,7 +131,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 );
             }
             Ok(FaultOutcome::Unmapped { .. }) => {
-                c.add(Count::Unmapped);
+                c.add(Count::Unmapped, gpa.as_usize());
                 trace!(
                     "guest-aspace: {access:?} fault at {:#x}: unmapped",
                     gpa.as_usize()
@@ -184,14 +184,16 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 None => FaultOutcome::Unmapped { gpa },
             });
         }
-        Ok(FaultOutcome::Fixed(match self.fill(region, page, write)? {
-            Filled::New(flush) => flush,
-            // Another vCPU populated it since the walk above (or it is a
-            // stale TLB entry): while logging, it may have mapped it
-            // read-only.
-            Filled::Present if write && region.dirty.is_some() => self.regrant(region, page)?,
-            Filled::Present => TlbFlush::none(),
-        }))
+        Ok(FaultOutcome::Fixed(
+            match self.fill(region, page, write)? {
+                Filled::New(flush) => flush,
+                // Another vCPU populated it since the walk above (or it is a
+                // stale TLB entry): while logging, it may have mapped it
+                // read-only.
+                Filled::Present if write && region.dirty.is_some() => self.regrant(region, page)?,
+                Filled::Present => TlbFlush::none(),
+            },
+        ))
     }
 
     /// A write fault on a mapped page while dirty logging: makes it
@@ -237,21 +239,23 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             flags -= MappingFlags::WRITE;
         }
         // The leaf is the only record of a single frame (see `Region::huge`).
-        let inserted = self.table.insert_new_concurrent(page.into(), flags, |alloc| {
-            // A frame zeroed ahead of time (`ZeroedPool`), if one is ready.
-            if let Some(hpa) = alloc.alloc_zeroed_frame() {
-                return Some(hpa);
-            }
-            let hpa = alloc.alloc_frame()?;
-            // The guest (or the host write that populates it) touches it
-            // next: zero through the cache (see `zero.rs`). The insert
-            // publishes these stores with the leaf (release).
-            crate::zero::zero_frames(alloc, hpa, PAGE);
-            Some(hpa)
-        })?;
+        let inserted = self
+            .table
+            .insert_new_concurrent(page.into(), flags, |alloc| {
+                // A frame zeroed ahead of time (`ZeroedPool`), if one is ready.
+                if let Some(hpa) = alloc.alloc_zeroed_frame() {
+                    return Some(hpa);
+                }
+                let hpa = alloc.alloc_frame()?;
+                // The guest (or the host write that populates it) touches it
+                // next: zero through the cache (see `zero.rs`). The insert
+                // publishes these stores with the leaf (release).
+                crate::zero::zero_frames(alloc, hpa, PAGE);
+                Some(hpa)
+            })?;
         match inserted {
             Inserted::New { flush, .. } => {
-                self.counters.add(Count::Populated);
+                self.counters.add(Count::Populated, page);
                 if let (Some(log), true) = (log, dirty) {
                     // Mapped (writable) first, marked after: see `DirtyLog`.
                     log.mark((page - region.start) / PAGE);

@@ -330,7 +330,10 @@ mod loom_models {
             .unwrap();
             fault.join().unwrap().unwrap();
             let writable = leaf.load(Ordering::Acquire) & WRITE != 0;
-            assert!(!writable || log.is_set(0), "writable page with no dirty bit");
+            assert!(
+                !writable || log.is_set(0),
+                "writable page with no dirty bit"
+            );
             assert!(out[0] & 1 != 0 || log.is_set(0), "dirty bit lost");
         });
     }

