@@ -25,7 +25,7 @@ use criterion::{
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags};
 use npt_benches::{HeapFrames, XorShift64, random_addrs};
 use npt_entry::ept::Ept4;
-use npt_table::{HandlerAllocator, MapPolicy, NestedPageTable};
+use npt_table::{FrameAllocator, HandlerAllocator, MapPolicy, NestedPageTable};
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
@@ -634,6 +634,33 @@ fn map_64g_huge(c: &mut Criterion) {
     map_huge_fn::<Ours>(&mut g);
     map_huge_fn::<multiarch::Table>(&mut g);
     map_huge_fn::<generic::Table>(&mut g);
+    // What every walker must do at least here: take the three table frames
+    // the scenario needs below the root (for the 1 GiB, 2 MiB and 4 KiB
+    // leaves) from the same heap handler and zero them. The frames of the
+    // previous iteration are freed untimed, as the walkers' tables are.
+    g.bench_function("floor: 3 table frames, alloc + zero", |b| {
+        let alloc = HandlerAllocator::<multiarch::HeapHandler>::new();
+        b.iter_custom(|iters| {
+            let mut frames: Vec<HostPhysAddr> = Vec::with_capacity(3);
+            timed(
+                iters,
+                &mut frames,
+                |f| {
+                    for hpa in f.drain(..) {
+                        alloc.dealloc_frames(hpa, 1);
+                    }
+                },
+                |f| {
+                    for _ in 0..3 {
+                        let hpa = alloc.alloc_frame().expect("floor frame");
+                        // SAFETY: a fresh frame from `alloc`, owned here.
+                        unsafe { std::ptr::write_bytes(alloc.phys_to_virt(hpa), 0, 4096) };
+                        f.push(hpa);
+                    }
+                },
+            )
+        })
+    });
     g.finish();
 }
 
