@@ -58,7 +58,6 @@ fn fault<F: NptFormat, A: FrameAllocator>(
     g: usize,
     access: Access,
 ) -> AspaceResult<FaultOutcome> {
-    // LEAD: exclusive lock inside today; shared once handle_fault takes `&self`.
     s.handle_fault(gpa(g), access)
 }
 
@@ -82,8 +81,7 @@ fn host_write<F: NptFormat, A: FrameAllocator>(
     g: usize,
     data: &[u8],
 ) -> AspaceResult<()> {
-    // LEAD: switch to SharedAddrSpace::write_bytes once it exists
-    s.write().write(gpa(g), data)
+    s.write_bytes(gpa(g), data)
 }
 
 fn host_write_obj<F: NptFormat, A: FrameAllocator>(
@@ -91,7 +89,6 @@ fn host_write_obj<F: NptFormat, A: FrameAllocator>(
     g: usize,
     value: &[u32; 3],
 ) -> AspaceResult<()> {
-    // LEAD: exclusive lock inside today; shared once write_obj takes `&self`.
     s.write_obj(gpa(g), value)
 }
 
@@ -100,8 +97,7 @@ fn collect<F: NptFormat, A: FrameAllocator>(
     g: usize,
     out: &mut [u64],
 ) -> AspaceResult<()> {
-    // LEAD: switch to SharedAddrSpace::collect_dirty once it exists
-    s.write().collect_dirty(gpa(g), out).map(TlbFlush::ignore)
+    s.collect_dirty(gpa(g), out).map(TlbFlush::ignore)
 }
 
 fn translate<F: NptFormat, A: FrameAllocator>(
