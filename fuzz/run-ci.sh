@@ -84,4 +84,7 @@ if [ "${MIRI_FULL:-0}" = 1 ]; then
     begin "miri npt-table --test fault_injection"
     cargo +nightly miri test -p npt-table --test fault_injection
     end "miri npt-table --test fault_injection"
+    begin "miri guest-aspace --test stress"
+    cargo +nightly miri test -p guest-aspace --test stress
+    end "miri guest-aspace --test stress"
 fi
