@@ -24,23 +24,26 @@
 //!   (take a frame from the arena and zero it; copy 4 KiB into host
 //!   memory), in the same harness. They show how far the harness and the
 //!   machine scale from 1 to 2 threads, the ceiling for every peer.
+//!   `floor: alloc` takes the frames without touching them: the arena
+//!   alone, a few nanoseconds a frame, so its rows are short enough that
+//!   the cache refills under the arena lock and the start line show.
 //!
-//! Timing: every iteration starts fresh threads in the untimed part (a
-//! `std::thread::scope`, a `Barrier`, then a spinning start line so that no
-//! thread starts while another is still being woken); each thread reads the
-//! clock after the start line and after its last operation, and the
-//! iteration counts from the first start to the last end. Spaces are built
+//! Timing: the worker threads live as long as one criterion measurement
+//! (as vCPU threads do: their frame caches stay warm). Each iteration hands
+//! them the state over a channel, lines them up at a spinning start line
+//! (so no thread starts while another is still being woken), and counts
+//! from the first thread's start to the last thread's end. Spaces are built
 //! and dropped untimed. Every row is checked once, untimed, before it is
 //! measured: every page mapped (and zeroed, or holding what was written).
 //!
 //! Frames come from `npt_benches::ArenaFrames` for every peer and floor row
 //! (see `common/mod.rs`). Its single frames go through a per-thread cache of
-//! up to 256 free frames, refilled and drained 64 at a time under the arena
-//! lock: with one global lock per frame, the floor row alone took 2.6 times
-//! longer on 2 threads than on 1 (the lock, not the zeroing, was the
-//! bottleneck), and every 2-thread row would have measured the arena. It is
-//! the same allocator for every peer, and it counts live frames exactly
-//! (`no_leaks` checks them after the last group).
+//! up to 1,024 free frames, refilled and drained 256 at a time under the
+//! arena lock: with one global lock round-trip per frame (and the floor's
+//! two frame lists on one cache line, now apart), `floor: alloc + zero`
+//! took 2.6 times longer on 2 threads than on 1, and every 2-thread row
+//! would have measured the arena rather than the address spaces. It is the same allocator for every peer, and it counts live
+//! frames exactly (`no_leaks` checks them after the last group).
 //!
 //! Run: `cargo bench -p npt-benches --bench vcpus`. The 2-thread rows mean
 //! something only on an otherwise idle machine with at least 2 cores.
@@ -48,8 +51,9 @@
 mod common;
 
 use std::hint::spin_loop;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Barrier, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -98,80 +102,101 @@ fn part<T>(items: &[T], i: usize, threads: usize) -> &[T] {
 
 // ---- the threaded harness ----
 
-/// Runs `work(state, i)` on `threads` new threads (`i` in `0..threads`) and
-/// returns the time from the first thread's start to the last thread's
-/// end. Starting and joining the threads is not counted.
-fn run_threads<S: Sync>(state: &S, threads: usize, work: &(impl Fn(&S, usize) + Sync)) -> Duration {
-    let barrier = Barrier::new(threads);
+/// Runs `work(state, i)` on `threads` worker threads (`i` in `0..threads`)
+/// `iters` times, each time on the state `setup` returns, and returns the
+/// sum over the iterations of the time from the first thread's start to
+/// the last thread's end.
+///
+/// The workers live for the whole call, as vCPU threads do (their frame
+/// caches stay warm); `setup`, handing the state over, and dropping it
+/// (on this thread, after every worker has let it go) are not counted.
+/// A worker's panic is raised again here.
+fn timed_threads<S: Send + Sync>(
+    iters: u64,
+    threads: usize,
+    mut setup: impl FnMut() -> Arc<S>,
+    work: &(impl Fn(&S, usize) + Sync),
+) -> Duration {
     let arrived = AtomicUsize::new(0);
-    let spans: Vec<(Instant, Instant)> = thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
+    thread::scope(|scope| {
+        let (done_tx, done_rx) = mpsc::channel();
+        let inboxes: Vec<mpsc::Sender<Arc<S>>> = (0..threads)
             .map(|i| {
-                let (barrier, arrived) = (&barrier, &arrived);
-                s.spawn(move || {
-                    // Every thread is running before any starts: the
-                    // barrier puts them to sleep until the last arrives,
-                    // and the start line then waits out their wake-ups.
-                    barrier.wait();
-                    // Relaxed: the counter publishes no data (the state
-                    // was handed over by `spawn`), it only lines the
-                    // threads up.
-                    arrived.fetch_add(1, Ordering::Relaxed);
-                    while arrived.load(Ordering::Relaxed) < threads {
-                        spin_loop();
+                let (tx, rx) = mpsc::channel::<Arc<S>>();
+                let (done, arrived) = (done_tx.clone(), &arrived);
+                scope.spawn(move || {
+                    let mut round = 0;
+                    while let Ok(state) = rx.recv() {
+                        round += 1;
+                        // The start line: every worker has its state and
+                        // is awake before any starts. Relaxed: the counter
+                        // publishes no data (the state came through the
+                        // channel), it only lines the workers up.
+                        arrived.fetch_add(1, Ordering::Relaxed);
+                        while arrived.load(Ordering::Relaxed) < round * threads {
+                            spin_loop();
+                        }
+                        let run = panic::catch_unwind(AssertUnwindSafe(|| {
+                            let start = Instant::now();
+                            work(&state, i);
+                            (start, Instant::now())
+                        }));
+                        drop(state);
+                        if done.send(run).is_err() {
+                            break;
+                        }
                     }
-                    let start = Instant::now();
-                    work(state, i);
-                    (start, Instant::now())
-                })
+                });
+                tx
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("worker thread panicked"))
-            .collect()
-    });
-    let start = spans
-        .iter()
-        .map(|s| s.0)
-        .min()
-        .expect("at least one thread");
-    let end = spans
-        .iter()
-        .map(|s| s.1)
-        .max()
-        .expect("at least one thread");
-    end - start
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let state = setup();
+            for inbox in &inboxes {
+                inbox.send(Arc::clone(&state)).expect("worker gone");
+            }
+            let mut first = None::<Instant>;
+            let mut last = None::<Instant>;
+            for _ in 0..threads {
+                match done_rx.recv().expect("worker gone") {
+                    Ok((start, end)) => {
+                        first = Some(first.map_or(start, |f| f.min(start)));
+                        last = Some(last.map_or(end, |l| l.max(end)));
+                    }
+                    Err(p) => panic::resume_unwind(p),
+                }
+            }
+            if let (Some(first), Some(last)) = (first, last) {
+                total += last - first;
+            }
+            // The last reference: the state is dropped here, untimed.
+            drop(state);
+        }
+        // Closing the inboxes ends the workers' loops.
+        drop(inboxes);
+        total
+    })
 }
 
-/// Runs `work` on `threads` threads `iters` times, each time on a fresh
-/// state from the untimed `setup` (the previous state is dropped untimed
-/// too), and returns the time spent in `work` alone.
-fn timed_threads<S: Sync>(
+/// [`timed_threads`] on a fresh state from `setup` every iteration.
+fn timed_fresh<S: Send + Sync>(
     iters: u64,
     threads: usize,
     mut setup: impl FnMut() -> S,
     work: &(impl Fn(&S, usize) + Sync),
 ) -> Duration {
-    let mut total = Duration::ZERO;
-    let mut state = None;
-    for _ in 0..iters {
-        drop(state.take());
-        let s = setup();
-        total += run_threads(&s, threads, work);
-        state = Some(s);
-    }
-    total
+    timed_threads(iters, threads, || Arc::new(setup()), work)
 }
 
-/// Runs `work` on `threads` threads `iters` times on the same state.
-fn timed_threads_reuse<S: Sync>(
+/// [`timed_threads`] on the same state every iteration.
+fn timed_reuse<S: Send + Sync>(
     iters: u64,
     threads: usize,
-    state: &S,
+    state: &Arc<S>,
     work: &(impl Fn(&S, usize) + Sync),
 ) -> Duration {
-    (0..iters).map(|_| run_threads(state, threads, work)).sum()
+    timed_threads(iters, threads, || Arc::clone(state), work)
 }
 
 /// One row per thread count: `name, N thread(s)` timed by `measure`.
@@ -199,14 +224,20 @@ fn ax_lazy_gib() -> AxShared {
     RwLock::new(ax_ram(GIB, true))
 }
 
-/// Per-thread frame lists of the floor row (one uncontended lock each, so
+/// One thread's frame list of the floor rows, on cache lines of its own:
+/// every push updates the list's length, and two lists on one line would
+/// bounce it between the cores.
+#[repr(align(128))]
+struct FloorSlot(Mutex<FloorFrames>);
+
+/// Per-thread frame lists of the floor rows (one uncontended lock each, so
 /// the threads share nothing but the arena).
-fn floor_frames(threads: usize) -> Vec<Mutex<FloorFrames>> {
+fn floor_frames(threads: usize) -> Vec<FloorSlot> {
     (0..threads)
         .map(|_| {
             let mut f = FloorFrames::default();
             f.frames.reserve(FAULTS);
-            Mutex::new(f)
+            FloorSlot(Mutex::new(f))
         })
         .collect()
 }
@@ -236,12 +267,14 @@ fn faults_4096_threads(c: &mut Criterion) {
             assert!(fixed, "axaddrspace fault at {p:#x}");
         }
     };
-    let floor_work = |f: &Vec<Mutex<FloorFrames>>, i: usize, threads: usize| {
-        let mut f = f[i].lock().expect("floor frames");
+    let floor_work = |f: &Vec<FloorSlot>, i: usize, threads: usize, zero: bool| {
+        let mut f = f[i].0.lock().expect("floor frames");
         for _ in part(&pages, i, threads) {
             let hpa = f.alloc.alloc_frame().expect("floor frame");
-            // SAFETY: a fresh 4 KiB frame from `alloc`, owned here.
-            unsafe { std::ptr::write_bytes(f.alloc.phys_to_virt(hpa), 0, 4096) };
+            if zero {
+                // SAFETY: a fresh 4 KiB frame from `alloc`, owned here.
+                unsafe { std::ptr::write_bytes(f.alloc.phys_to_virt(hpa), 0, 4096) };
+            }
             f.frames.push(hpa);
         }
     };
@@ -249,27 +282,33 @@ fn faults_4096_threads(c: &mut Criterion) {
     // Checked once, untimed, with the most threads.
     {
         let threads = THREADS[THREADS.len() - 1];
-        let s = shared_lazy_gib();
-        run_threads(&s, threads, &|s, i| ours_work(s, i, threads));
+        let s = Arc::new(shared_lazy_gib());
+        timed_reuse(1, threads, &s, &|s, i| ours_work(s, i, threads));
         check_ours(&s.read(), &pages);
-        let s = ax_lazy_gib();
-        run_threads(&s, threads, &|s, i| ax_work(s, i, threads));
+        let s = Arc::new(ax_lazy_gib());
+        timed_reuse(1, threads, &s, &|s, i| ax_work(s, i, threads));
         check_ax(&s.read().expect("axaddrspace lock"), &pages);
     }
 
     rows(&mut g, "guest-aspace", |iters, threads| {
-        timed_threads(iters, threads, shared_lazy_gib, &|s, i| {
+        timed_fresh(iters, threads, shared_lazy_gib, &|s, i| {
             ours_work(s, i, threads)
         })
     });
     rows(&mut g, "axaddrspace behind a lock", |iters, threads| {
-        timed_threads(iters, threads, ax_lazy_gib, &|s, i| ax_work(s, i, threads))
+        timed_fresh(iters, threads, ax_lazy_gib, &|s, i| ax_work(s, i, threads))
     });
     // What every fault handler must do at least, on every thread: take a
     // frame from the same arena and zero it (nothing looked up or mapped).
     rows(&mut g, "floor: alloc + zero", |iters, threads| {
-        timed_threads(iters, threads, || floor_frames(threads), &|f, i| {
-            floor_work(f, i, threads)
+        timed_fresh(iters, threads, || floor_frames(threads), &|f, i| {
+            floor_work(f, i, threads, true)
+        })
+    });
+    // The arena alone: how far taking frames scales.
+    rows(&mut g, "floor: alloc", |iters, threads| {
+        timed_fresh(iters, threads, || floor_frames(threads), &|f, i| {
+            floor_work(f, i, threads, false)
         })
     });
     g.finish();
@@ -290,8 +329,12 @@ struct HostPages {
     _buf: Vec<u8>,
 }
 
-// SAFETY: `HostPages` owns its buffer; shared access writes only through
-// `write`, whose contract keeps concurrent writes disjoint.
+// SAFETY: `HostPages` owns its buffer (the pointer is into it), so it may
+// move to another thread with it.
+unsafe impl Send for HostPages {}
+
+// SAFETY: shared access writes only through `write` and reads only through
+// `read`, whose contracts keep concurrent accesses to a range apart.
 unsafe impl Sync for HostPages {}
 
 impl HostPages {
@@ -364,26 +407,26 @@ fn host_write_4k_threads(c: &mut Criterion) {
         }
     };
 
-    let eager = SharedAddrSpace::new(ours_ram::<512>(WRITE_REGION, false));
+    let eager = Arc::new(SharedAddrSpace::new(ours_ram::<512>(WRITE_REGION, false)));
     let lazy = || SharedAddrSpace::new(ours_ram::<512>(WRITE_REGION, true));
-    let ax_eager: AxShared = RwLock::new(ax_ram(WRITE_REGION, false));
-    let host = HostPages::new(WRITE_REGION);
+    let ax_eager = Arc::new(RwLock::new(ax_ram(WRITE_REGION, false)));
+    let host = Arc::new(HostPages::new(WRITE_REGION));
 
     // Checked once, untimed, with the most threads.
     {
         let threads = THREADS[THREADS.len() - 1];
-        run_threads(&eager, threads, &|s, i| ours_work(s, i, threads));
+        timed_reuse(1, threads, &eager, &|s, i| ours_work(s, i, threads));
         check_ours_written(&eager);
-        let s = lazy();
-        run_threads(&s, threads, &|s, i| ours_work(s, i, threads));
+        let s = Arc::new(lazy());
+        timed_reuse(1, threads, &s, &|s, i| ours_work(s, i, threads));
         check_ours_written(&s);
-        run_threads(&ax_eager, threads, &|s, i| ax_work(s, i, threads));
+        timed_reuse(1, threads, &ax_eager, &|s, i| ax_work(s, i, threads));
         let mut buf = vec![0u8; WRITE_LEN];
         for &p in &pages {
             ax_read(&ax_eager.read().expect("axaddrspace lock"), p, &mut buf);
             assert_eq!(buf, data, "axaddrspace: {p:#x} not written");
         }
-        run_threads(&host, threads, &|h, i| floor_work(h, i, threads));
+        timed_reuse(1, threads, &host, &|h, i| floor_work(h, i, threads));
         for &p in &pages {
             // SAFETY: the writers have been joined.
             let bytes = unsafe { host.read(p - BASE, WRITE_LEN) };
@@ -392,17 +435,17 @@ fn host_write_4k_threads(c: &mut Criterion) {
     }
 
     rows(&mut g, "guest-aspace", |iters, threads| {
-        timed_threads_reuse(iters, threads, &eager, &|s, i| ours_work(s, i, threads))
+        timed_reuse(iters, threads, &eager, &|s, i| ours_work(s, i, threads))
     });
     rows(&mut g, "guest-aspace lazy", |iters, threads| {
-        timed_threads(iters, threads, lazy, &|s, i| ours_work(s, i, threads))
+        timed_fresh(iters, threads, lazy, &|s, i| ours_work(s, i, threads))
     });
     rows(&mut g, "axaddrspace behind a lock", |iters, threads| {
-        timed_threads_reuse(iters, threads, &ax_eager, &|s, i| ax_work(s, i, threads))
+        timed_reuse(iters, threads, &ax_eager, &|s, i| ax_work(s, i, threads))
     });
     // A plain copy of the same bytes into host memory, no address space.
     rows(&mut g, "floor: memcpy", |iters, threads| {
-        timed_threads_reuse(iters, threads, &host, &|h, i| floor_work(h, i, threads))
+        timed_reuse(iters, threads, &host, &|h, i| floor_work(h, i, threads))
     });
     g.finish();
 }
