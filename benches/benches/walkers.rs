@@ -642,7 +642,7 @@ fn map_64g_huge(c: &mut Criterion) {
         let alloc = HandlerAllocator::<multiarch::HeapHandler>::new();
         b.iter_custom(|iters| {
             let mut frames: Vec<HostPhysAddr> = Vec::with_capacity(3);
-            timed(
+            let elapsed = timed(
                 iters,
                 &mut frames,
                 |f| {
@@ -658,7 +658,11 @@ fn map_64g_huge(c: &mut Criterion) {
                         f.push(hpa);
                     }
                 },
-            )
+            );
+            for hpa in frames.drain(..) {
+                alloc.dealloc_frames(hpa, 1);
+            }
+            elapsed
         })
     });
     g.finish();
