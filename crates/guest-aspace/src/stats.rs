@@ -37,9 +37,9 @@ impl FaultCounters {
 /// The space's [`FaultCounters`], in atomics: faults on many vCPUs count
 /// through `&self`. The counts are spread over [`SHARDS`] shards of a
 /// cache line each, picked by the faulting address's 2 MiB span, so vCPUs
-/// faulting in different places do not pass one line back and forth (on 2
-/// CPUs, shared counters cut the speed-up of concurrent faults from 1.7× to
-/// 1.2×). Relaxed: they are statistics, ordered with nothing; a snapshot
+/// faulting in different places do not pass one line back and forth (shared
+/// counters were the main thing keeping two CPUs faulting at once from
+/// running twice as fast as one). Relaxed: they are statistics, ordered with nothing; a snapshot
 /// taken while faults run may lag behind them.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {

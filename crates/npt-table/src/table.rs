@@ -208,8 +208,8 @@ pub(crate) struct Books {
 /// without atomic instructions; concurrent inserts count in one of
 /// [`SHARDS`] cache-line-sized shards picked by guest address, so two CPUs
 /// inserting in different places do not pass one counter's line back and
-/// forth (on 2 CPUs, one shared counter cut the speed-up of concurrent
-/// faults from 1.7× to 1.2×). A count is the main counter plus the
+/// forth (a counter every fault writes was the main thing keeping two
+/// CPUs faulting at once from running twice as fast as one). A count is the main counter plus the
 /// shards, in wrapping arithmetic: an unmap under `&mut` may take from the
 /// main counter what an insert added to a shard.
 #[derive(Debug, Default)]
