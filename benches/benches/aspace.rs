@@ -45,7 +45,7 @@ use criterion::{
 };
 use gpa_types::{GuestPhysAddr, GuestPhysAddrRange};
 use guest_aspace::{Access, FaultOutcome, GuestAddrSpace, ZeroedPool};
-use npt_benches::{ArenaFrames, random_addrs};
+use npt_benches::random_addrs;
 use npt_entry::ept::Ept4;
 use npt_table::FrameAllocator;
 
@@ -332,20 +332,6 @@ fn guest_copy_4k(c: &mut Criterion) {
 
 fn guest_copy_1m(c: &mut Criterion) {
     guest_copy(c, "guest_copy_1m", MIB);
-}
-
-/// See [`npt_benches::keep_heap_resident`].
-fn keep_heap(_: &mut Criterion) {
-    npt_benches::keep_heap_resident();
-}
-
-/// Every space of every scenario is gone: neither side leaked frames.
-fn no_leaks(_: &mut Criterion) {
-    assert_eq!(
-        ArenaFrames::live_frames(),
-        0,
-        "an address space leaked frames"
-    );
 }
 
 criterion_group!(

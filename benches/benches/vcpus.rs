@@ -64,7 +64,6 @@ use criterion::{
 };
 use gpa_types::GuestPhysAddr;
 use guest_aspace::{Access, FaultOutcome, SharedAddrSpace};
-use npt_benches::ArenaFrames;
 use npt_entry::ept::Ept4;
 use npt_table::FrameAllocator;
 
@@ -448,20 +447,6 @@ fn host_write_4k_threads(c: &mut Criterion) {
         timed_reuse(iters, threads, &host, &|h, i| floor_work(h, i, threads))
     });
     g.finish();
-}
-
-/// See [`npt_benches::keep_heap_resident`].
-fn keep_heap(_: &mut Criterion) {
-    npt_benches::keep_heap_resident();
-}
-
-/// Every space of every scenario is gone: no side leaked frames.
-fn no_leaks(_: &mut Criterion) {
-    assert_eq!(
-        ArenaFrames::live_frames(),
-        0,
-        "an address space leaked frames"
-    );
 }
 
 criterion_group!(

@@ -12,7 +12,7 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion};
 use gpa_types::{GuestPhysAddr, GuestPhysAddrRange, HostPhysAddr, MappingFlags};
 use guest_aspace::GuestAddrSpace;
-use npt_benches::XorShift64;
+use npt_benches::{ArenaFrames, XorShift64};
 use npt_entry::ept::Ept4;
 use npt_table::{FrameAllocator, HandlerAllocator};
 
@@ -536,4 +536,19 @@ pub fn check_ax(space: &ax::Space, probes: &[usize]) {
         ax_read(space, a, &mut b);
         assert_eq!(b[0], 0, "axaddrspace: not zeroed");
     }
+}
+
+/// See [`npt_benches::keep_heap_resident`]: the first group of every bench.
+pub fn keep_heap(_: &mut Criterion) {
+    npt_benches::keep_heap_resident();
+}
+
+/// Every space of every scenario is gone: no side leaked frames. The last
+/// group of every bench.
+pub fn no_leaks(_: &mut Criterion) {
+    assert_eq!(
+        ArenaFrames::live_frames(),
+        0,
+        "an address space leaked frames"
+    );
 }

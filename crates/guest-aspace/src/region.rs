@@ -345,6 +345,9 @@ mod loom_models {
     fn host_write_against_collect_dirty() {
         loom::model(|| {
             let log = Arc::new(DirtyLog::new(1).unwrap());
+            // loom's cell is shared between loom threads by design: loom
+            // itself checks every access to it.
+            #[allow(clippy::arc_with_non_send_sync)]
             let page = Arc::new(UnsafeCell::new(0u64));
             let (log2, page2) = (log.clone(), page.clone());
             let writer = loom::thread::spawn(move || {

@@ -343,6 +343,7 @@ mod tests {
 /// with two threads spinning on a third never ends whatever the lock does.
 #[cfg(all(test, loom))]
 mod loom_tests {
+    #[allow(clippy::unsafe_removed_from_name)]
     use loom::cell::UnsafeCell as Cell;
     use loom::sync::Arc;
     use loom::sync::mpsc::channel;

@@ -458,6 +458,9 @@ mod loom_models {
     impl Model {
         /// Root 0 and table frames 1..=4; data frames 0 and 1 holding
         /// garbage until a thread fills them.
+        // loom's cell is shared between loom threads by design: loom itself
+        // checks every access to it.
+        #[allow(clippy::arc_with_non_send_sync)]
         fn new() -> Arc<Self> {
             Arc::new(Self {
                 tables: (0..5)
@@ -553,6 +556,18 @@ mod loom_models {
         (grow(m, 0, 0, addr, leaf, &mut spare), spare)
     }
 
+    /// Thread 0 (this one) inserts at `addrs[0]` filling its frame with 10,
+    /// against thread 1 at `addrs[1]` filling with 11. Returns how each
+    /// ended and every table frame the two kept.
+    fn race(m: &Arc<Model>, addrs: [usize; 2]) -> ([Grown; 2], Vec<usize>) {
+        let m2 = m.clone();
+        let other = loom::thread::spawn(move || insert(&m2, 1, addrs[1], 11));
+        let (mine, mut kept) = insert(m, 0, addrs[0], 10);
+        let (theirs, kept1) = other.join().unwrap();
+        kept.extend(kept1);
+        ([mine, theirs], kept)
+    }
+
     /// Every frame is linked once or kept by the thread that took it.
     fn no_frame_lost(m: &Model, kept: &[usize]) {
         let mut all = m.linked();
@@ -568,10 +583,7 @@ mod loom_models {
     fn two_faults_same_page() {
         loom::model(|| {
             let m = Model::new();
-            let m2 = m.clone();
-            let other = loom::thread::spawn(move || insert(&m2, 1, 0, 11));
-            let (mine, kept0) = insert(&m, 0, 0, 10);
-            let (theirs, kept1) = other.join().unwrap();
+            let ([mine, theirs], kept) = race(&m, [0, 0]);
             let ends = [mine.end, theirs.end];
             assert_eq!(ends.iter().filter(|e| **e == End::Inserted).count(), 1);
             assert_eq!(mine.tables + theirs.tables, 2);
@@ -584,8 +596,6 @@ mod loom_models {
             // SAFETY (loom cell): both threads joined.
             let filled = m.data[winner].with(|p| unsafe { *p });
             assert_eq!(filled, 10 + winner as u64);
-            let mut kept = kept0;
-            kept.extend(kept1);
             no_frame_lost(&m, &kept);
         });
     }
@@ -596,15 +606,10 @@ mod loom_models {
     fn two_faults_same_table_slot() {
         loom::model(|| {
             let m = Model::new();
-            let m2 = m.clone();
-            let other = loom::thread::spawn(move || insert(&m2, 1, 1, 11));
-            let (mine, kept0) = insert(&m, 0, 0, 10);
-            let (theirs, kept1) = other.join().unwrap();
+            let ([mine, theirs], kept) = race(&m, [0, 1]);
             assert_eq!((mine.end, theirs.end), (End::Inserted, End::Inserted));
             assert_eq!(mine.tables + theirs.tables, 2);
             assert_eq!((m.leaf(0), m.leaf(1)), (Some(0), Some(1)));
-            let mut kept = kept0;
-            kept.extend(kept1);
             no_frame_lost(&m, &kept);
         });
     }
