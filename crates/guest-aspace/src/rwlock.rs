@@ -2,22 +2,31 @@
 //!
 //! `spin::RwLock` lets a reader in whenever no writer holds the lock, so a
 //! writer needs an instant with no reader at all: vCPUs translating in a
-//! loop can keep it out for seconds. Here a writer that finds the lock busy
-//! raises a *writer waiting* flag; new readers stay out while it is up, so
-//! the writer waits only for the readers already inside (each holds the
-//! lock for one bounded operation) and for writers ahead of it.
+//! loop can keep it out for seconds. Here a writer takes the writer bit at
+//! once; new readers stay out while it is up, so the writer waits only for
+//! the readers already inside (each holds the lock for one bounded
+//! operation). A writer that finds another writer in raises a *writer
+//! waiting* flag, which keeps new readers out too.
 //!
 //! Writers among themselves are not ordered (a writer can lose the race to
 //! another writer more than once); what is bounded is how long readers can
 //! keep writers out.
 //!
+//! Readers count themselves in one of eight slots, each on a cache line of
+//! its own, picked by the reader's stack address: vCPUs on different CPUs
+//! take the lock without writing a line they share (one shared count,
+//! written twice by every fault and host write, was what most kept two
+//! CPUs from running twice as fast as one). A writer scans the slots. The
+//! reader's "count myself, then look for a writer" and the writer's "take
+//! the bit, then look for readers" are ordered by SeqCst fences on both
+//! sides, so at least one of them sees the other.
+//!
 //! # State word
 //!
 //! | bits | meaning |
 //! |---|---|
-//! | 0 | a writer holds the lock |
-//! | 1 | a writer is waiting: readers stay out |
-//! | 2.. | number of readers holding the lock |
+//! | 0 | a writer holds the lock (or waits for the readers inside) |
+//! | 1 | another writer is waiting: readers stay out |
 //!
 //! Under `--cfg loom` the atomics are loom's, for the models in this file's
 //! tests (see `docs/RELIABILITY.md`).
@@ -27,17 +36,47 @@ use core::fmt;
 use core::ops::{Deref, DerefMut};
 
 #[cfg(all(test, loom))]
-use loom::sync::atomic::{AtomicUsize, Ordering};
+use loom::sync::atomic::{AtomicUsize, Ordering, fence};
 
 #[cfg(not(all(test, loom)))]
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering, fence};
 
 /// Bit 0: a writer holds the lock.
 const WRITER: usize = 1;
 /// Bit 1: a writer waits; readers do not enter.
 const WAITING: usize = 2;
-/// One reader (the count starts at bit 2).
-const READER: usize = 4;
+/// Reader slots: each reader counts itself in one, picked by the address of
+/// its stack, so readers on different CPUs (different stacks) write
+/// different cache lines.
+const SLOTS: usize = 8;
+
+/// One slot's reader count, on a line of its own (128 bytes: x86 CPUs fetch
+/// lines in adjacent pairs).
+#[repr(align(128))]
+struct Slot(AtomicUsize);
+
+/// The slot of the calling thread: a hash of its stack address (4 KiB
+/// granules), the same for every call at about the same depth. Any slot is
+/// correct; different threads merely tend to use different ones.
+#[cfg(not(all(test, loom)))]
+#[inline]
+fn my_slot() -> usize {
+    let probe = 0u8;
+    let sp = core::ptr::addr_of!(probe) as usize >> 12;
+    let hash = (sp as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (hash >> 61) as usize % SLOTS
+}
+
+/// Under loom, the slot of the modelled thread, from its id: loom needs the
+/// same choice in every execution, which stack addresses do not give.
+#[cfg(all(test, loom))]
+fn my_slot() -> usize {
+    let id = std::format!("{:?}", loom::thread::current().id());
+    id.bytes()
+        .filter(u8::is_ascii_digit)
+        .fold(0usize, |n, d| n * 10 + usize::from(d - b'0'))
+        % SLOTS
+}
 
 /// Lets another CPU (or, under loom, another modelled thread) run.
 #[inline]
@@ -52,6 +91,7 @@ fn relax() {
 /// waits. `no_std`; built on one atomic word.
 pub struct RwLock<T: ?Sized> {
     state: AtomicUsize,
+    readers: [Slot; SLOTS],
     value: UnsafeCell<T>,
 }
 
@@ -68,6 +108,7 @@ impl<T> RwLock<T> {
     pub const fn new(value: T) -> Self {
         Self {
             state: AtomicUsize::new(0),
+            readers: [const { Slot(AtomicUsize::new(0)) }; SLOTS],
             value: UnsafeCell::new(value),
         }
     }
@@ -77,6 +118,7 @@ impl<T> RwLock<T> {
     pub fn new(value: T) -> Self {
         Self {
             state: AtomicUsize::new(0),
+            readers: core::array::from_fn(|_| Slot(AtomicUsize::new(0))),
             value: UnsafeCell::new(value),
         }
     }
@@ -100,50 +142,55 @@ impl<T: ?Sized> RwLock<T> {
 
     /// Shared access if no writer holds the lock or waits for it.
     pub fn try_read(&self) -> Option<RwLockReadGuard<'_, T>> {
-        // Relaxed: only a guess at the state; the CAS below decides.
-        let mut s = self.state.load(Ordering::Relaxed);
-        loop {
-            if s & (WRITER | WAITING) != 0 {
-                return None;
-            }
-            // A saturated count (guards leaked by the billion) reads as busy.
-            let next = s.checked_add(READER)?;
-            // Acquire on success: pairs with the Release of the last
-            // writer's unlock, so everything that writer did to the value is
-            // visible to this reader. Another CPU may see the count go up at
-            // any time; a writer seeing it only waits longer. Relaxed on
-            // failure: we retry with the value seen, nothing was acquired.
-            match self
-                .state
-                .compare_exchange_weak(s, next, Ordering::Acquire, Ordering::Relaxed)
-            {
-                Ok(_) => return Some(RwLockReadGuard { lock: self }),
-                Err(now) => s = now,
-            }
+        // Relaxed: a guess that spares the slot's line while a writer is in.
+        if self.state.load(Ordering::Relaxed) & (WRITER | WAITING) != 0 {
+            return None;
         }
+        let slot = my_slot();
+        let count = &self.readers.get(slot)?.0;
+        // Announce, then look for a writer. The SeqCst fences here and in
+        // `write` order the two announcements: a reader that does not see
+        // the writer's bit is seen by the writer's scan of the slots.
+        count.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        // Acquire: pairs with the Release of the last writer's unlock, so
+        // everything that writer did to the value is visible to us.
+        if self.state.load(Ordering::Acquire) & (WRITER | WAITING) != 0 {
+            // A writer is in or waiting: step back. Release: nothing was
+            // read, but a writer scanning the slots acquires this count.
+            count.fetch_sub(1, Ordering::Release);
+            return None;
+        }
+        Some(RwLockReadGuard { lock: self, slot })
     }
 
-    /// Exclusive access; raises the writer-waiting flag while readers or
-    /// another writer hold the lock, so no new reader gets in meanwhile.
+    /// Exclusive access. A writer takes the writer bit at once (new readers
+    /// stay out from then on) and waits for the readers already in; while
+    /// another writer holds the lock it raises the waiting flag, which also
+    /// keeps new readers out.
     pub fn write(&self) -> RwLockWriteGuard<'_, T> {
         // Relaxed: a guess; the CAS decides.
         let mut s = self.state.load(Ordering::Relaxed);
         loop {
-            if s & !WAITING == 0 {
-                // Free (perhaps with our own or another writer's flag up).
+            if s & WRITER == 0 {
                 // Acquire on success pairs with the Release of the previous
-                // holder's unlock (a reader's or a writer's), so their
-                // accesses happen before ours. The new state is WRITER alone:
-                // the flag comes down, and any other waiting writer raises it
-                // again on its next turn (below). Relaxed on failure: retry
-                // with the value the CAS saw, which is current.
+                // writer's unlock. The new state is WRITER alone: the flag
+                // comes down, and any other waiting writer raises it again
+                // on its next turn. Relaxed on failure: retry with the value
+                // the CAS saw.
                 match self.state.compare_exchange_weak(
                     s,
                     WRITER,
                     Ordering::Acquire,
                     Ordering::Relaxed,
                 ) {
-                    Ok(_) => return RwLockWriteGuard { lock: self },
+                    Ok(_) => {
+                        // See `try_read`: after this fence every reader
+                        // either sees our bit or is counted in a slot.
+                        fence(Ordering::SeqCst);
+                        self.wait_for_readers();
+                        return RwLockWriteGuard { lock: self };
+                    }
                     Err(now) => {
                         s = now;
                         continue;
@@ -151,10 +198,8 @@ impl<T: ?Sized> RwLock<T> {
                 }
             }
             if s & WAITING == 0 {
-                // Relaxed: the flag only keeps new readers out (they test it
-                // before their CAS, which would fail anyway once it is up);
-                // it publishes no data. A reader whose CAS raced ahead of it
-                // is inside and counted, and we wait for it to leave.
+                // Relaxed: the flag only keeps new readers out; it
+                // publishes no data.
                 self.state.fetch_or(WAITING, Ordering::Relaxed);
             }
             relax();
@@ -163,19 +208,46 @@ impl<T: ?Sized> RwLock<T> {
         }
     }
 
+    /// Spins until no reader is counted in any slot.
+    fn wait_for_readers(&self) {
+        for slot in &self.readers {
+            // Acquire: pairs with the Release of each reader's unlock, so
+            // their reads of the value happen before our writes.
+            while slot.0.load(Ordering::Acquire) != 0 {
+                relax();
+            }
+        }
+    }
+
+    /// Whether any reader is counted.
+    fn any_reader(&self) -> bool {
+        // Acquire: as in `wait_for_readers`.
+        self.readers
+            .iter()
+            .any(|slot| slot.0.load(Ordering::Acquire) != 0)
+    }
+
     /// Exclusive access if nobody holds the lock.
     pub fn try_write(&self) -> Option<RwLockWriteGuard<'_, T>> {
         // Relaxed: a guess; the CAS decides.
         let s = self.state.load(Ordering::Relaxed);
-        if s & !WAITING != 0 {
+        if s & WRITER != 0 {
             return None;
         }
         // Acquire on success: as in `write`. Relaxed on failure: nothing
         // acquired, nothing changed.
         self.state
             .compare_exchange(s, WRITER, Ordering::Acquire, Ordering::Relaxed)
-            .ok()
-            .map(|_| RwLockWriteGuard { lock: self })
+            .ok()?;
+        // As in `write`; a reader in means busy: take the bit back.
+        fence(Ordering::SeqCst);
+        if self.any_reader() {
+            // Release: we changed nothing, but the bit's removal ends what
+            // our CAS acquired.
+            self.state.fetch_and(!WRITER, Ordering::Release);
+            return None;
+        }
+        Some(RwLockWriteGuard { lock: self })
     }
 
     /// The value through exclusive borrow of the lock: no locking needed.
@@ -197,15 +269,17 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLock<T> {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct RwLockReadGuard<'a, T: ?Sized> {
     lock: &'a RwLock<T>,
+    /// The slot this reader is counted in.
+    slot: usize,
 }
 
 impl<T: ?Sized> Deref for RwLockReadGuard<'_, T> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        // SAFETY: this guard counts as a reader in the state word, so no
-        // writer holds the lock (none can enter until the count drops) and
-        // no `&mut T` exists while this `&T` lives.
+        // SAFETY: this guard is counted in a reader slot, so no writer
+        // holds the lock (a writer waits until every slot is empty) and no
+        // `&mut T` exists while this `&T` lives.
         unsafe { &*self.lock.value.get() }
     }
 }
@@ -213,9 +287,11 @@ impl<T: ?Sized> Deref for RwLockReadGuard<'_, T> {
 impl<T: ?Sized> Drop for RwLockReadGuard<'_, T> {
     fn drop(&mut self) {
         // Release: our reads of the value happen before a writer that sees
-        // the lower count (its Acquire CAS), so it cannot overwrite what we
-        // are still reading. Other readers and the waiting flag are kept.
-        self.lock.state.fetch_sub(READER, Ordering::Release);
+        // the lower count (its Acquire load), so it cannot overwrite what we
+        // are still reading.
+        if let Some(slot) = self.lock.readers.get(self.slot) {
+            slot.0.fetch_sub(1, Ordering::Release);
+        }
     }
 }
 
@@ -284,8 +360,8 @@ mod tests {
             let writer = s.spawn(|| {
                 *lock.write() += 1;
             });
-            // Wait until the writer has raised its flag.
-            while lock.state.load(Ordering::Relaxed) & WAITING == 0 {
+            // Wait until the writer has taken its bit.
+            while lock.state.load(Ordering::Relaxed) == 0 {
                 std::thread::yield_now();
             }
             assert!(
@@ -446,7 +522,7 @@ mod loom_tests {
             };
             // Until the writer waits (only it runs meanwhile: reader 2 is
             // blocked on its channel).
-            while lock.state.load(Ordering::Relaxed) & WAITING == 0 {
+            while lock.state.load(Ordering::Relaxed) == 0 {
                 thread::yield_now();
             }
             assert!(
