@@ -166,11 +166,18 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// Marks every page of `[gpa, gpa + len)` dirty where its region is
     /// logging: after a host write has copied its bytes (see `DirtyLog`).
     pub(crate) fn mark_host_write(&self, gpa: usize, len: usize) {
+        // An empty write marks nothing (and may name any address).
+        if len == 0 {
+            return;
+        }
         let end = gpa.saturating_add(len);
         let mut page = gpa & !(PAGE - 1);
         while page < end {
             let Some(region) = self.region_at(page) else {
-                page += PAGE;
+                match page.checked_add(PAGE) {
+                    Some(next) => page = next,
+                    None => return,
+                }
                 continue;
             };
             let stop = region.end().min(end);

@@ -349,3 +349,17 @@ fn shared_space_reads_and_writes_objects() {
         Ok([1, 1])
     );
 }
+
+/// An empty host write names any address and is accepted (it writes
+/// nothing); marking its pages dirty stepped past the end of the address
+/// space (`attempt to add with overflow`, found by `aspace_ops`:
+/// `fuzz/regressions/aspace_ops/empty-write-at-top`).
+#[test]
+fn an_empty_write_at_the_top_marks_nothing() {
+    let alloc = HostFrameAllocator::new();
+    let s = setup(&alloc);
+    for at in [usize::MAX, usize::MAX - 1, usize::MAX - 4096] {
+        assert_eq!(s.write(at.into(), &[]), Ok(()));
+        assert_eq!(s.load_image(at.into(), &[]), Ok(()));
+    }
+}
