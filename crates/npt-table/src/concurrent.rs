@@ -362,29 +362,26 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         let Step::Leaf(size) = slot.step else {
             return Err(NptError::NotMapped { gpa });
         };
-        let mut current = slot.entry;
-        loop {
-            let Some(flags) = f(current.flags()) else {
-                return Ok(None);
-            };
-            npt_entry::check_flags(flags)?;
+        // `f` decides again on what another CPU or the hardware wrote
+        // meanwhile (`TableRef::update`).
+        let mut refused = None;
+        let changed = slot.table.update(slot.idx, slot.entry, |current| {
+            let flags = f(current.flags())?;
+            if let Err(e) = npt_entry::check_flags(flags) {
+                refused = Some(e);
+                return None;
+            }
             let template = F::Entry::new_page(0.into(), flags, size.is_huge());
-            let new = current.with_flags_of(template);
-            if new == current {
-                return Ok(None);
-            }
-            // Release/acquire as every concurrent change (`raw.rs`); a
-            // failure returns the entry as it is now (flags another CPU
-            // wrote, or accessed/dirty bits the hardware set): decide again.
-            match slot.table.compare_exchange(slot.idx, current, new) {
-                Ok(()) => {
-                    let mut flush = TlbFlush::none();
-                    flush.add(size.align_down(gpa.as_usize()), size.bytes());
-                    return Ok(Some(flush));
-                }
-                Err(now) => current = now,
-            }
+            Some(current.with_flags_of(template))
+        });
+        if let Some(e) = refused {
+            return Err(e.into());
         }
+        Ok(changed.then(|| {
+            let mut flush = TlbFlush::none();
+            flush.add(size.align_down(gpa.as_usize()), size.bytes());
+            flush
+        }))
     }
 
     /// Removes write permission from every leaf in `[gpa, gpa + len)` with
@@ -407,21 +404,14 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                 pos = (pos & !(span - 1)).saturating_add(span);
                 continue;
             };
-            let mut current = slot.entry;
-            loop {
-                let new = current.write_protected(size.is_huge());
-                if new == current {
-                    break;
-                }
-                // As in `update_flags_concurrent`: a failure hands back
-                // what another CPU or the hardware wrote; protect that.
-                match slot.table.compare_exchange(slot.idx, current, new) {
-                    Ok(()) => {
-                        flush.add(size.align_down(pos), size.bytes());
-                        break;
-                    }
-                    Err(now) => current = now,
-                }
+            // What another CPU or the hardware wrote meanwhile is
+            // protected in its turn (`TableRef::update`).
+            let huge = size.is_huge();
+            if slot
+                .table
+                .update(slot.idx, slot.entry, |e| Some(e.write_protected(huge)))
+            {
+                flush.add(size.align_down(pos), size.bytes());
             }
             pos = size.align_down(pos) + size.bytes();
         }

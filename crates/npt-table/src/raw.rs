@@ -111,6 +111,34 @@ impl<E: NestedEntry> TableRef<E> {
             .map_err(E::from_raw)
     }
 
+    /// Rewrites entry `idx`, which held `current` when the caller read it,
+    /// to what `change` makes of it, by compare-and-swap: when another
+    /// writer (or the hardware, setting accessed/dirty bits) changed the
+    /// entry in between, `change` runs again on what is there now. Stops
+    /// when `change` returns `None` or the entry it already holds. Returns
+    /// whether the entry changed.
+    #[inline]
+    pub(crate) fn update(
+        self,
+        idx: usize,
+        mut current: E,
+        mut change: impl FnMut(E) -> Option<E>,
+    ) -> bool {
+        loop {
+            let Some(new) = change(current) else {
+                return false;
+            };
+            if new == current {
+                return false;
+            }
+            // Orderings as in `compare_exchange`.
+            match self.compare_exchange(idx, current, new) {
+                Ok(()) => return true,
+                Err(now) => current = now,
+            }
+        }
+    }
+
     /// Writes entry `idx`.
     #[inline(always)]
     pub(crate) fn set(self, idx: usize, entry: E) {
