@@ -727,6 +727,15 @@ impl GenericPTE for EptEntry {
 }
 
 impl NestedEntry for EptEntry {
+    /// Present (bits 2:0 not all zero) with bit 7 clear: a PML4E, PDPTE or
+    /// PDE that references the next table (SDM Vol. 3C, 29.3.2 "EPT
+    /// Translation Mechanism", the PML4E/PDPTE/PDE formats). One mask and one unsigned compare: the masked value
+    /// minus one is below `RWX` exactly when it is 1 to 7.
+    #[inline]
+    fn is_table(&self) -> bool {
+        (self.0 & (Self::RWX | Self::LARGE_PAGE)).wrapping_sub(1) < Self::RWX
+    }
+
     /// The processor sets bits 8 and 9 only when bit 6 of the EPTP enables
     /// accessed and dirty flags ([`Eptp::new`] `ad_enable`; 29.3.5) and the
     /// processor supports it (IA32_VMX_EPT_VPID_CAP bit 21).

@@ -191,6 +191,15 @@ pub trait NestedEntry: GenericPTE + PartialEq + Eq + 'static {
         }
     }
 
+    /// Whether the entry, read above the last level, points to a table:
+    /// `kind(false) == EntryKind::Table`. A walk asks only this at every
+    /// level it passes through; formats override it with one mask and one
+    /// compare, so the hot loop of a translation takes one branch per level.
+    #[inline]
+    fn is_table(&self) -> bool {
+        self.kind(false) == EntryKind::Table
+    }
+
     /// Checks `flags` for a leaf of this format: [`check_flags`] plus the
     /// format's own rules (see the table above). The default is
     /// [`check_flags`]; EPT also refuses execute-only

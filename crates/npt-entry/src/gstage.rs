@@ -516,6 +516,14 @@ impl GenericPTE for GStageEntry {
 }
 
 impl NestedEntry for GStageEntry {
+    /// V = 1 with R = W = X = 0: a pointer to the next table (§4.3.1, the
+    /// R/W/X encodings; the same rule at every level).
+    #[inline]
+    fn is_table(&self) -> bool {
+        let bits = PteFlags::from_bits_retain(self.0);
+        bits.intersection(PteFlags::V.union(Self::RWX)) == PteFlags::V
+    }
+
     /// True: see the accessed/dirty policy in the module documentation.
     const HAS_ACCESSED_DIRTY: bool = true;
     /// 56: PPN bits 53:10 hold a 44-bit page number.

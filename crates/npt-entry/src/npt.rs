@@ -354,6 +354,13 @@ impl GenericPTE for NptEntry {
 }
 
 impl NestedEntry for NptEntry {
+    /// P = 1 with PS = 0: a PML4E, PDPE or PDE that references the next
+    /// table (APM Vol. 2, 5.3 "Long-Mode Page Translation" and 5.4 "Page-Translation-Table Entry Fields").
+    #[inline]
+    fn is_table(&self) -> bool {
+        self.0 & (Self::PRESENT | Self::PAGE_SIZE) == Self::PRESENT
+    }
+
     /// The nested walk sets A in every entry it uses and D in the leaf of a
     /// write, like a host walk (APM 15.25.5).
     const HAS_ACCESSED_DIRTY: bool = true;

@@ -535,6 +535,14 @@ impl GenericPTE for Stage2Entry {
 }
 
 impl NestedEntry for Stage2Entry {
+    /// Bits\[1:0\] = `0b11` above the last level: a table descriptor (D8.3
+    /// "Translation table descriptor formats").
+    #[inline]
+    fn is_table(&self) -> bool {
+        let both = DESC_VALID | DESC_TYPE_TABLE_OR_PAGE;
+        self.0 & both == both
+    }
+
     /// The Access flag and, with DBM, the write permission are updated by
     /// hardware only with FEAT_HAFDBS enabled through VTCR_EL2.HA / HD
     /// ([`Vtcr::with_ha`], [`Vtcr::with_hd`]); otherwise AF and S2AP change

@@ -213,6 +213,17 @@ fn table_round_trips<E: LawEntry>(raw: u64) -> TestCaseResult {
     Ok(())
 }
 
+/// `is_table` is `kind(false) == Table`: the walk's one question per level
+/// agrees with the full classification. The encodings live in the low bits,
+/// so every low byte is tried under the random upper bits.
+fn is_table_is_kind_table<E: LawEntry>(raw: u64) -> TestCaseResult {
+    for low in 0..=0xff {
+        let e = E::from_raw(raw & !0xff | low);
+        prop_assert_eq!(e.is_table(), e.kind(false) == EntryKind::Table, "{:#x}", e.raw());
+    }
+    Ok(())
+}
+
 /// The rights rules of `NestedEntry` (see its docs): no access is not
 /// present at every level; otherwise the leaf has at least the asked rights
 /// and never write without read; the checked path builds what `new_page`
@@ -470,6 +481,11 @@ macro_rules! laws {
                 #[test]
                 fn table_round_trips(raw: u64) {
                     super::table_round_trips::<E>(raw)?;
+                }
+
+                #[test]
+                fn is_table_is_kind_table(raw: u64) {
+                    super::is_table_is_kind_table::<E>(raw)?;
                 }
 
                 #[test]

@@ -309,15 +309,16 @@ impl<'a, F: NptFormat, A: FrameAllocator> Tree<'a, F, A> {
             rec.table(level, table);
             let idx = (gpa >> shift) & mask;
             let entry = table.get(idx);
-            let kind = entry.kind(is_last_shift(shift));
-            if kind == EntryKind::Table && shift > stop && !is_last_shift(shift) {
+            // Above the last level and `until` the loop asks one question,
+            // "a table?"; what a stopping entry is, is worked out once below.
+            if shift > stop && !is_last_shift(shift) && entry.is_table() {
                 table = self.child(entry);
                 level += 1;
                 shift -= npt_entry::BITS_PER_LEVEL;
                 mask = npt_entry::ENTRIES_PER_TABLE - 1;
                 continue;
             }
-            let step = self.step_at(kind, entry, shift);
+            let step = self.step_at(entry.kind(is_last_shift(shift)), entry, shift);
             return Slot {
                 table,
                 level,
