@@ -1,16 +1,21 @@
 //! npt-table against two peer walkers, each peer measured in the same
 //! criterion group (and so the same run) as ours.
 //!
-//! - `npt-table`: `NestedPageTable<Ept4, _>` over the same heap frames, through `HandlerAllocator`.
+//! - `npt-table`: `NestedPageTable<Ept4, _>` over the same frames, through `HandlerAllocator`.
 //! - `page_table_multiarch`: `PageTable64` 0.6 with `X64PTE` (4-level x86-64)
 //!   and a metadata type identical to its `X64PagingMetaData` except for a
 //!   no-op TLB flush (INVLPG faults in user space).
 //! - `page-table-generic`: `PageTable` 0.9 with the same `X64PTE` encoding,
 //!   4 levels of 9 bits, blocks up to 1 GiB, no-op flush.
 //!
-//! Both peers take frames from `npt_benches::HeapFrames` (the host heap,
-//! identity "physical" addresses). Every scenario is written once over the
-//! `Walker` trait below, so each walker does exactly the same work.
+//! Every walker takes its frames from one source, picked by a type
+//! parameter ([`Frames`]): `npt_benches::HeapFrames` (the system
+//! allocator, identity "physical" addresses) in every group, and
+//! `npt_benches::ArenaFrames` (one resident arena with free lists, as a
+//! hypervisor's frame allocator) in the groups that allocate tables in the
+//! timed loop, `map_1g_4k_arena` and `map_64g_huge_arena`. Every scenario is
+//! written once over the `Walker` trait below, so each walker does exactly
+//! the same work.
 //!
 //! Run: `cargo bench -p npt-benches` (one group per scenario, a few minutes
 //! on two cores).
@@ -23,7 +28,7 @@ use criterion::{
     BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags};
-use npt_benches::{HeapFrames, XorShift64, random_addrs};
+use npt_benches::{ArenaFrames, HeapFrames, XorShift64, random_addrs};
 use npt_entry::ept::Ept4;
 use npt_table::{FrameAllocator, HandlerAllocator, MapPolicy, NestedPageTable};
 
@@ -37,6 +42,62 @@ const SEED: u64 = 0x6e70_742d_7273;
 
 fn rw() -> MappingFlags {
     MappingFlags::READ | MappingFlags::WRITE
+}
+
+/// A source of frames every walker of a group takes its tables from.
+trait Frames: Send + Sync + 'static {
+    /// Appended to the group name (empty for the heap).
+    const SUFFIX: &'static str;
+    /// `num` frames aligned to `align`, identity-mapped.
+    fn alloc(num: usize, align: usize) -> Option<usize>;
+    /// Gives back `num` frames at `pa`.
+    ///
+    /// # Safety
+    ///
+    /// `pa` and `num` are those of one `alloc` call, given back once.
+    unsafe fn dealloc(pa: usize, num: usize);
+    /// Frames handed out and not given back.
+    fn live_frames() -> usize;
+}
+
+/// The system allocator.
+struct Heap;
+
+impl Frames for Heap {
+    const SUFFIX: &'static str = "";
+
+    fn alloc(num: usize, align: usize) -> Option<usize> {
+        HeapFrames::alloc(num, align)
+    }
+
+    unsafe fn dealloc(pa: usize, num: usize) {
+        // SAFETY: the caller's contract is `HeapFrames::dealloc`'s.
+        unsafe { HeapFrames::dealloc(pa, num) }
+    }
+
+    fn live_frames() -> usize {
+        HeapFrames::live_frames()
+    }
+}
+
+/// The resident arena with free lists.
+struct Arena;
+
+impl Frames for Arena {
+    const SUFFIX: &'static str = "_arena";
+
+    fn alloc(num: usize, align: usize) -> Option<usize> {
+        ArenaFrames::alloc(num, align)
+    }
+
+    unsafe fn dealloc(pa: usize, num: usize) {
+        // SAFETY: the caller's contract is `ArenaFrames::dealloc`'s.
+        unsafe { ArenaFrames::dealloc(pa, num) }
+    }
+
+    fn live_frames() -> usize {
+        ArenaFrames::live_frames()
+    }
 }
 
 /// The operations every scenario needs, implemented by each walker with its
@@ -59,11 +120,11 @@ trait Walker {
 
 // ---- npt-table ----
 
-/// Our walker takes its frames from the same heap handler as the
+/// Our walker takes its frames from the same handler as the
 /// `page_table_multiarch` peer, through the `HandlerAllocator` adapter.
-type Ours = NestedPageTable<Ept4, HandlerAllocator<multiarch::HeapHandler>>;
+type Ours<S> = NestedPageTable<Ept4, HandlerAllocator<multiarch::Handler<S>>>;
 
-impl Walker for Ours {
+impl<S: Frames> Walker for Ours<S> {
     const NAME: &'static str = "npt-table";
 
     fn new() -> Self {
@@ -111,10 +172,13 @@ impl Walker for Ours {
 // ---- page_table_multiarch ----
 
 mod multiarch {
+    use core::marker::PhantomData;
+
     use memory_addr::{PhysAddr, VirtAddr};
-    use npt_benches::HeapFrames;
     use page_table_entry::x86_64::X64PTE;
     use page_table_multiarch::{PageTable64, PagingHandler, PagingMetaData};
+
+    use super::Frames;
 
     /// `X64PagingMetaData` with a no-op flush.
     pub struct X64NoFlush;
@@ -128,18 +192,18 @@ mod multiarch {
         fn flush_tlb(_: Option<VirtAddr>) {}
     }
 
-    /// Frames from the heap.
-    pub struct HeapHandler;
+    /// Frames from `S`.
+    pub struct Handler<S>(PhantomData<S>);
 
-    impl PagingHandler for HeapHandler {
+    impl<S: Frames> PagingHandler for Handler<S> {
         fn alloc_frames(num: usize, align: usize) -> Option<PhysAddr> {
-            HeapFrames::alloc(num, align).map(PhysAddr::from)
+            S::alloc(num, align).map(PhysAddr::from)
         }
 
         fn dealloc_frames(paddr: PhysAddr, num: usize) {
-            // SAFETY: `PageTable64` frees exactly the frames it allocated
+            // SAFETY: every walker frees exactly the frames it allocated
             // through `alloc_frames`, with the same count, once.
-            unsafe { HeapFrames::dealloc(paddr.as_usize(), num) }
+            unsafe { S::dealloc(paddr.as_usize(), num) }
         }
 
         fn phys_to_virt(paddr: PhysAddr) -> VirtAddr {
@@ -148,10 +212,10 @@ mod multiarch {
     }
 
     /// The peer table.
-    pub type Table = PageTable64<X64NoFlush, X64PTE, HeapHandler>;
+    pub type Table<S> = PageTable64<X64NoFlush, X64PTE, Handler<S>>;
 }
 
-impl Walker for multiarch::Table {
+impl<S: Frames> Walker for multiarch::Table<S> {
     const NAME: &'static str = "page_table_multiarch";
 
     fn new() -> Self {
@@ -187,13 +251,17 @@ impl Walker for multiarch::Table {
 // ---- page-table-generic ----
 
 mod generic {
+    use core::marker::PhantomData;
     use gpa_types::MappingFlags;
-    use npt_benches::{FRAME_SIZE, HeapFrames};
+
+    use npt_benches::FRAME_SIZE;
     use page_table_entry::GenericPTE;
     use page_table_entry::x86_64::X64PTE;
     use page_table_generic::{
         FrameAllocator, PageTable, PageTableEntry, PhysAddr, TableMeta, VirtAddr,
     };
+
+    use super::Frames;
 
     /// `X64PTE` seen through page-table-generic's entry trait; the leaf
     /// configuration is the same `MappingFlags` the other walkers take.
@@ -259,46 +327,60 @@ mod generic {
         fn flush(_: Option<VirtAddr>) {}
     }
 
-    /// Frames from the heap.
-    #[derive(Clone, Copy)]
-    pub struct HeapAlloc;
+    /// Frames from `S`.
+    pub struct Alloc<S>(PhantomData<S>);
 
-    impl FrameAllocator for HeapAlloc {
+    impl<S> Clone for Alloc<S> {
+        fn clone(&self) -> Self {
+            *self
+        }
+    }
+
+    impl<S> Copy for Alloc<S> {}
+
+    impl<S> Alloc<S> {
+        /// The allocator.
+        pub fn new() -> Self {
+            Self(PhantomData)
+        }
+    }
+
+    impl<S: Frames> FrameAllocator for Alloc<S> {
         fn alloc_frame(&self) -> Option<PhysAddr> {
-            HeapFrames::alloc(1, FRAME_SIZE).map(PhysAddr::from_usize)
+            S::alloc(1, FRAME_SIZE).map(PhysAddr::from_usize)
         }
 
         fn dealloc_frame(&self, frame: PhysAddr) {
             // SAFETY: page-table-generic frees exactly the frames it
             // allocated, once; single frames come from `alloc_frame`.
-            unsafe { HeapFrames::dealloc(frame.as_usize(), 1) }
+            unsafe { S::dealloc(frame.as_usize(), 1) }
         }
 
         fn phys_to_virt(&self, paddr: PhysAddr) -> *mut u8 {
-            HeapFrames::phys_to_virt(paddr.as_usize())
+            paddr.as_usize() as *mut u8
         }
 
         fn alloc_frames(&self, frames: usize, align: usize) -> Option<PhysAddr> {
-            HeapFrames::alloc(frames, align).map(PhysAddr::from_usize)
+            S::alloc(frames, align).map(PhysAddr::from_usize)
         }
 
         fn dealloc_frames(&self, start: PhysAddr, frames: usize, frame_size: usize) {
             assert_eq!(frame_size, FRAME_SIZE, "unexpected frame size");
             // SAFETY: as for `dealloc_frame`; a multi-frame free passes back
             // the start and count of one `alloc_frames` call.
-            unsafe { HeapFrames::dealloc(start.as_usize(), frames) }
+            unsafe { S::dealloc(start.as_usize(), frames) }
         }
     }
 
     /// The peer table.
-    pub type Table = PageTable<X64Meta, HeapAlloc>;
+    pub type Table<S> = PageTable<X64Meta, Alloc<S>>;
 }
 
-impl Walker for generic::Table {
+impl<S: Frames> Walker for generic::Table<S> {
     const NAME: &'static str = "page-table-generic";
 
     fn new() -> Self {
-        Self::new(generic::HeapAlloc).expect("root frame")
+        Self::new(generic::Alloc::new()).expect("root frame")
     }
 
     fn map(&mut self, gpa: usize, hpa: usize, len: usize, flags: MappingFlags, huge: bool) {
@@ -433,12 +515,21 @@ fn map_4k_fn<W: Walker>(g: &mut BenchmarkGroup<'_, WallTime>) {
     bench_map::<W>(g, GPA_1G, HPA_1G, GIB, false);
 }
 
-fn map_1g_4k(c: &mut Criterion) {
-    let mut g = group_1g_4k(c, "map_1g_4k");
-    map_4k_fn::<Ours>(&mut g);
-    map_4k_fn::<multiarch::Table>(&mut g);
-    map_4k_fn::<generic::Table>(&mut g);
+/// `map_1g_4k` (heap) or `map_1g_4k_arena`.
+fn map_1g_4k_with<S: Frames>(c: &mut Criterion) {
+    let mut g = group_1g_4k(c, &format!("map_1g_4k{}", S::SUFFIX));
+    map_4k_fn::<Ours<S>>(&mut g);
+    map_4k_fn::<multiarch::Table<S>>(&mut g);
+    map_4k_fn::<generic::Table<S>>(&mut g);
     g.finish();
+}
+
+fn map_1g_4k(c: &mut Criterion) {
+    map_1g_4k_with::<Heap>(c);
+}
+
+fn map_1g_4k_arena(c: &mut Criterion) {
+    map_1g_4k_with::<Arena>(c);
 }
 
 fn translate_fn<W: Walker>(
@@ -462,10 +553,10 @@ fn translate_fn<W: Walker>(
 fn translate_group(c: &mut Criterion, name: &str, gpa: usize, hpa: usize, len: usize) {
     let mut g = group(c, name);
     g.throughput(Throughput::Elements(LOOKUPS as u64));
-    translate_fn::<Ours>(&mut g, gpa, hpa, len);
+    translate_fn::<Ours<Heap>>(&mut g, gpa, hpa, len);
     {
         // The batched walk of ours, on the same addresses.
-        let table = mapped_4k::<Ours>(gpa, hpa, len);
+        let table = mapped_4k::<Ours<Heap>>(gpa, hpa, len);
         let gpas: Vec<GuestPhysAddr> = random_addrs(gpa, len, LOOKUPS, SEED)
             .into_iter()
             .map(GuestPhysAddr::from_usize)
@@ -496,8 +587,8 @@ fn translate_group(c: &mut Criterion, name: &str, gpa: usize, hpa: usize, len: u
             })
         });
     }
-    translate_fn::<multiarch::Table>(&mut g, gpa, hpa, len);
-    translate_fn::<generic::Table>(&mut g, gpa, hpa, len);
+    translate_fn::<multiarch::Table<Heap>>(&mut g, gpa, hpa, len);
+    translate_fn::<generic::Table<Heap>>(&mut g, gpa, hpa, len);
     g.finish();
 }
 
@@ -523,7 +614,7 @@ fn translate_xorshift_fn<W: Walker>(g: &mut BenchmarkGroup<'_, WallTime>, table:
 fn translate_xorshift_1g(c: &mut Criterion) {
     let mut g = group(c, "translate_xorshift_1g");
     g.throughput(Throughput::Elements(LOOKUPS as u64));
-    let ours = mapped_4k::<Ours>(GPA_1G, HPA_1G, GIB);
+    let ours = mapped_4k::<Ours<Heap>>(GPA_1G, HPA_1G, GIB);
     translate_xorshift_fn(&mut g, &ours);
     {
         let mut rng = XorShift64::new(SEED);
@@ -538,10 +629,10 @@ fn translate_xorshift_1g(c: &mut Criterion) {
         });
     }
     drop(ours);
-    let multiarch = mapped_4k::<multiarch::Table>(GPA_1G, HPA_1G, GIB);
+    let multiarch = mapped_4k::<multiarch::Table<Heap>>(GPA_1G, HPA_1G, GIB);
     translate_xorshift_fn(&mut g, &multiarch);
     drop(multiarch);
-    let generic = mapped_4k::<generic::Table>(GPA_1G, HPA_1G, GIB);
+    let generic = mapped_4k::<generic::Table<Heap>>(GPA_1G, HPA_1G, GIB);
     translate_xorshift_fn(&mut g, &generic);
     g.finish();
 }
@@ -567,9 +658,9 @@ fn protect_fn<W: Walker>(g: &mut BenchmarkGroup<'_, WallTime>) {
 
 fn protect_1g_4k(c: &mut Criterion) {
     let mut g = group_1g_4k(c, "protect_1g_4k");
-    protect_fn::<Ours>(&mut g);
-    protect_fn::<multiarch::Table>(&mut g);
-    protect_fn::<generic::Table>(&mut g);
+    protect_fn::<Ours<Heap>>(&mut g);
+    protect_fn::<multiarch::Table<Heap>>(&mut g);
+    protect_fn::<generic::Table<Heap>>(&mut g);
     g.finish();
 }
 
@@ -607,9 +698,9 @@ fn unmap_fn<W: Walker>(g: &mut BenchmarkGroup<'_, WallTime>) {
 
 fn unmap_1g_4k(c: &mut Criterion) {
     let mut g = group_1g_4k(c, "unmap_1g_4k");
-    unmap_fn::<Ours>(&mut g);
-    unmap_fn::<multiarch::Table>(&mut g);
-    unmap_fn::<generic::Table>(&mut g);
+    unmap_fn::<Ours<Heap>>(&mut g);
+    unmap_fn::<multiarch::Table<Heap>>(&mut g);
+    unmap_fn::<generic::Table<Heap>>(&mut g);
     g.finish();
 }
 
@@ -629,17 +720,18 @@ fn map_huge_fn<W: Walker>(g: &mut BenchmarkGroup<'_, WallTime>) {
     bench_map::<W>(g, GPA_HUGE, HPA_HUGE, LEN_HUGE, true);
 }
 
-fn map_64g_huge(c: &mut Criterion) {
-    let mut g = group(c, "map_64g_huge");
-    map_huge_fn::<Ours>(&mut g);
-    map_huge_fn::<multiarch::Table>(&mut g);
-    map_huge_fn::<generic::Table>(&mut g);
+/// `map_64g_huge` (heap) or `map_64g_huge_arena`.
+fn map_64g_huge_with<S: Frames>(c: &mut Criterion) {
+    let mut g = group(c, &format!("map_64g_huge{}", S::SUFFIX));
+    map_huge_fn::<Ours<S>>(&mut g);
+    map_huge_fn::<multiarch::Table<S>>(&mut g);
+    map_huge_fn::<generic::Table<S>>(&mut g);
     // What every walker must do at least here: take the three table frames
     // the scenario needs below the root (for the 1 GiB, 2 MiB and 4 KiB
-    // leaves) from the same heap handler and zero them. The frames of the
+    // leaves) from the same handler and zero them. The frames of the
     // previous iteration are freed untimed, as the walkers' tables are.
     g.bench_function("floor: 3 table frames, alloc + zero", |b| {
-        let alloc = HandlerAllocator::<multiarch::HeapHandler>::new();
+        let alloc = HandlerAllocator::<multiarch::Handler<S>>::new();
         b.iter_custom(|iters| {
             let mut frames: Vec<HostPhysAddr> = Vec::with_capacity(3);
             let elapsed = timed(
@@ -668,9 +760,18 @@ fn map_64g_huge(c: &mut Criterion) {
     g.finish();
 }
 
+fn map_64g_huge(c: &mut Criterion) {
+    map_64g_huge_with::<Heap>(c);
+}
+
+fn map_64g_huge_arena(c: &mut Criterion) {
+    map_64g_huge_with::<Arena>(c);
+}
+
 /// Every table of every scenario is gone: none of the walkers leaked.
 fn no_leaks(_: &mut Criterion) {
-    assert_eq!(HeapFrames::live_frames(), 0, "a walker leaked frames");
+    assert_eq!(Heap::live_frames(), 0, "a walker leaked heap frames");
+    assert_eq!(Arena::live_frames(), 0, "a walker leaked arena frames");
 }
 
 /// See [`npt_benches::keep_heap_resident`].
@@ -688,6 +789,8 @@ criterion_group!(
     protect_1g_4k,
     unmap_1g_4k,
     map_64g_huge,
+    map_1g_4k_arena,
+    map_64g_huge_arena,
     no_leaks
 );
 criterion_main!(benches);

@@ -219,7 +219,12 @@ fn table_round_trips<E: LawEntry>(raw: u64) -> TestCaseResult {
 fn is_table_is_kind_table<E: LawEntry>(raw: u64) -> TestCaseResult {
     for low in 0..=0xff {
         let e = E::from_raw(raw & !0xff | low);
-        prop_assert_eq!(e.is_table(), e.kind(false) == EntryKind::Table, "{:#x}", e.raw());
+        prop_assert_eq!(
+            e.is_table(),
+            e.kind(false) == EntryKind::Table,
+            "{:#x}",
+            e.raw()
+        );
     }
     Ok(())
 }

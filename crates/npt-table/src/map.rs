@@ -8,7 +8,7 @@
 //! tables the planner counts is exactly the number the writer creates.
 
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
-use npt_entry::{GenericPTE, NestedEntry, NptFormat};
+use npt_entry::{BITS_PER_LEVEL, GenericPTE, NestedEntry, NptFormat};
 
 use crate::error::{NptError, NptResult};
 use crate::flush::TlbFlush;
@@ -61,13 +61,19 @@ impl<F: NptFormat> Iterator for Runs<'_, F> {
         let remaining = self.end - self.gpa;
         let (size, limit) = match self.source {
             Source::Linear(_) => {
-                let mut size = self.max;
-                while size > PageSize::Size4K
-                    && !(size.is_aligned(self.gpa)
-                        && size.is_aligned(self.src)
-                        && remaining >= size.bytes()
-                        && F::level_of(size).is_some())
-                {
+                // The largest leaf up to `max` that both addresses are
+                // aligned to and that fits in what remains, in bit
+                // arithmetic: both addresses are 4 KiB aligned and at
+                // least 4 KiB remain, so `bits` is at least 12.
+                let bits = (self.gpa | self.src)
+                    .trailing_zeros()
+                    .min(remaining.checked_ilog2().unwrap_or(0))
+                    .min(self.max.shift());
+                let height = bits.saturating_sub(PageSize::Size4K.shift()) / BITS_PER_LEVEL;
+                let mut size = PageSize::from_height(height as usize).unwrap_or(PageSize::Size4K);
+                // `max` is a size the format allows, and so is every
+                // smaller one; this only guards that promise.
+                while F::level_of(size).is_none() && size > PageSize::Size4K {
                     size = size.smaller().unwrap_or(PageSize::Size4K);
                 }
                 (size, usize::MAX)

@@ -15,7 +15,7 @@ use crate::flush::TlbFlush;
 use crate::frames::{FRAME_SIZE, FrameAllocator};
 use crate::raw::zero_frames;
 use crate::retire::Retired;
-use crate::walk::Tree;
+use crate::walk::{MAX_LEVELS, Tree};
 
 /// One guest-physical translation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -80,8 +80,16 @@ impl MapPolicy {
 
 /// Frames taken before an operation changes anything, so that nothing can
 /// fail half-way. Whatever is left goes back with [`Stash::give_back`].
+///
+/// Up to [`MAX_LEVELS`] frames (every single-page map and fault: one table
+/// per level at most) live inline; only a range map's larger count goes to
+/// the heap, so the hot paths allocate nothing but frames.
 pub(crate) struct Stash {
-    frames: Vec<HostPhysAddr>,
+    inline: [HostPhysAddr; MAX_LEVELS],
+    /// Frames in `inline[..len]`.
+    len: usize,
+    /// Frames beyond the inline ones; room reserved in `take`.
+    spill: Vec<HostPhysAddr>,
 }
 
 /// Checks that the `frames` table frames at `hpa` lie below `2^pa_bits`,
@@ -103,8 +111,14 @@ impl Stash {
         count: usize,
         pa_bits: u32,
     ) -> NptResult<Self> {
-        let mut stash = Self { frames: Vec::new() };
-        if stash.frames.try_reserve_exact(count).is_err() {
+        let mut stash = Self {
+            inline: [HostPhysAddr::from_usize(0); MAX_LEVELS],
+            len: 0,
+            spill: Vec::new(),
+        };
+        if let Some(extra) = count.checked_sub(MAX_LEVELS)
+            && stash.spill.try_reserve_exact(extra).is_err()
+        {
             return Err(NptError::NoMemory);
         }
         for _ in 0..count {
@@ -128,14 +142,37 @@ impl Stash {
                 // SAFETY: just allocated, not yet reachable from any table.
                 unsafe { zero_frames(alloc, hpa, 1) };
             }
-            stash.frames.push(hpa);
+            stash.push(hpa);
         }
         Ok(stash)
     }
 
+    /// Adds a frame: inline while there is room, else into the spill,
+    /// whose room `take` reserved (a frame given back by `keep_one` came
+    /// out of the stash, so there is room for it too).
+    fn push(&mut self, hpa: HostPhysAddr) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => {
+                *slot = hpa;
+                self.len += 1;
+            }
+            None => self.spill.push(hpa),
+        }
+    }
+
+    /// A zeroed frame, if any is left: from the spill first, so the inline
+    /// frames are the last out and the first back.
+    fn next(&mut self) -> Option<HostPhysAddr> {
+        if let Some(hpa) = self.spill.pop() {
+            return Some(hpa);
+        }
+        self.len = self.len.checked_sub(1)?;
+        self.inline.get(self.len).copied()
+    }
+
     /// A zeroed frame. Planning guarantees there is one.
     pub(crate) fn pop(&mut self) -> Option<HostPhysAddr> {
-        let hpa = self.frames.pop();
+        let hpa = self.next();
         debug_assert!(hpa.is_some(), "planning under-counted table frames");
         hpa
     }
@@ -143,18 +180,18 @@ impl Stash {
     /// A zeroed frame, if any is left (no planning promise: the concurrent
     /// insert asks until its walk finds the tables other CPUs published).
     pub(crate) fn take_one(&mut self) -> Option<HostPhysAddr> {
-        self.frames.pop()
+        self.next()
     }
 
     /// Takes back a frame `take_one` gave that is still zeroed (it lost
     /// the race to be published). Room is there: it came out of this stash.
     pub(crate) fn keep_one(&mut self, hpa: HostPhysAddr) {
-        self.frames.push(hpa);
+        self.push(hpa);
     }
 
     /// Returns the unused frames.
-    pub(crate) fn give_back<A: FrameAllocator>(self, alloc: &A) {
-        for hpa in self.frames {
+    pub(crate) fn give_back<A: FrameAllocator>(mut self, alloc: &A) {
+        while let Some(hpa) = self.next() {
             alloc.dealloc_frames(hpa, 1);
         }
     }
