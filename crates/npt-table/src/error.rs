@@ -219,6 +219,7 @@ macro_rules! family {
             }
         }
     };
+    // The entry: `docs vis family|umbrella Name { Variant, .. } into [Type, ..]`.
     (
         $(#[$meta:meta])*
         $vis:vis $kind:ident $name:ident { $($v:ident),+ $(,)? }
