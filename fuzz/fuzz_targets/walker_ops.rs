@@ -22,8 +22,8 @@ use npt_entry::{GenericPTE, NptFormat};
 use npt_fuzz::{Fmt, FormatRun};
 use npt_table::model::{ModelPage, PageModel};
 use npt_table::{
-    AccessBit, FailingAllocator, HostFrameAllocator, MapPolicy, MappedRun, NestedPageTable,
-    NptError, TlbFlush,
+    AccessBit, ChangeError, CollapseError, FailingAllocator, FrameError, HostFrameAllocator,
+    MapError, MapPolicy, MappedRun, NestedPageTable, NptError, QueryError, TlbFlush,
 };
 
 const K4: usize = 0x1000;
@@ -242,7 +242,7 @@ fn run<F: NptFormat>(input: &Input) {
     fn make<F: NptFormat>(
         a: &Alloc,
         pa_bits: Option<u8>,
-    ) -> Result<NestedPageTable<F, &Alloc>, NptError> {
+    ) -> Result<NestedPageTable<F, &Alloc>, FrameError> {
         match pa_bits {
             // Table frames come from the host heap, below 2^47 on x86-64
             // Linux: narrower tables refuse them (TableFrameOutOfRange).
@@ -254,7 +254,7 @@ fn run<F: NptFormat>(input: &Input) {
         alloc.fail_from(1);
         assert!(matches!(
             make::<F>(&alloc, input.pa_bits),
-            Err(NptError::NoMemory)
+            Err(FrameError::NoMemory)
         ));
         assert_eq!(alloc.inner().live_frames(), 0, "failed new() leaked");
         alloc.heal();
@@ -288,7 +288,7 @@ fn run<F: NptFormat>(input: &Input) {
         } else {
             assert!(matches!(
                 h.t.unmap_region(GuestPhysAddr::from(0), F::GPA_LIMIT as usize),
-                Err(NptError::NotMapped { .. })
+                Err(ChangeError::NotMapped { .. })
             ));
         }
         assert_eq!(h.t.stats().table_frames, F::ROOT_FRAMES);
@@ -329,9 +329,9 @@ fn pick(v: u16) -> usize {
 }
 
 /// Errors that argument validation may return.
-fn is_arg_error(e: &NptError) -> bool {
+fn is_arg_error<E: Copy + Into<NptError>>(e: &E) -> bool {
     matches!(
-        e,
+        (*e).into(),
         NptError::ZeroLength
             | NptError::GpaNotAligned { .. }
             | NptError::HpaNotAligned { .. }
@@ -428,8 +428,8 @@ impl<F: NptFormat> Harness<'_, F> {
         }
     }
 
-    fn no_memory_ok(&self, e: &NptError) {
-        if *e == NptError::NoMemory {
+    fn no_memory_ok<E: Copy + Into<NptError>>(&self, e: &E) {
+        if (*e).into() == NptError::NoMemory {
             assert!(self.failing, "NoMemory from a healthy allocator");
         }
     }
@@ -600,11 +600,11 @@ impl<F: NptFormat> Harness<'_, F> {
                         self.check_flush(&before, &flush, "unmap");
                         probes.push(gpa + len);
                     }
-                    Err(NptError::NotMapped { gpa: g }) => {
+                    Err(ChangeError::NotMapped { gpa: g }) => {
                         assert_eq!(g.as_usize(), gpa);
                         assert!(self.model.query(gpa).is_none());
                     }
-                    Err(NptError::SizeMismatch { mapped, .. }) => {
+                    Err(ChangeError::SizeMismatch { mapped, .. }) => {
                         assert!(self.model.query(gpa).is_some());
                         assert!(!mapped.is_aligned(gpa));
                     }
@@ -705,7 +705,7 @@ impl<F: NptFormat> Harness<'_, F> {
                     Err(e) => {
                         self.no_memory_ok(&e);
                         assert!(
-                            e == NptError::NoMemory || (!valid && is_arg_error(&e)),
+                            e == ChangeError::NoMemory || (!valid && is_arg_error(&e)),
                             "split_region: {e:?}"
                         );
                         assert_eq!(self.t.stats().table_frames, frames);
@@ -762,11 +762,11 @@ impl<F: NptFormat> Harness<'_, F> {
                         if collapsible {
                             let inside_bigger = pre.is_some_and(|t| t.size > size);
                             assert!(
-                                inside_bigger && matches!(e, NptError::NotCollapsible { .. }),
+                                inside_bigger && matches!(e, CollapseError::NotCollapsible { .. }),
                                 "collapse of a collapsible span failed: {e:?}"
                             );
                         }
-                        assert!(e != NptError::NoMemory, "collapse allocates nothing");
+                        assert!(e != CollapseError::NoMemory, "collapse allocates nothing");
                     }
                 }
                 probes.extend([gpa, gpa.wrapping_add(size.bytes() - K4)]);
@@ -817,7 +817,7 @@ impl<F: NptFormat> Harness<'_, F> {
                             "harvest did not clear the bits"
                         );
                     }
-                    Err(NptError::FrameCount { expected, given }) => {
+                    Err(ChangeError::FrameCount { expected, given }) => {
                         assert_eq!(given, bitmap.len());
                         assert!(given * 64 < len / K4 && expected == (len / K4).div_ceil(64));
                     }
@@ -856,7 +856,7 @@ impl<F: NptFormat> Harness<'_, F> {
         len: usize,
         _flags: MappingFlags,
         probes: &mut Vec<usize>,
-        op: impl FnOnce(&mut Self) -> Result<TlbFlush, NptError>,
+        op: impl FnOnce(&mut Self) -> Result<TlbFlush, MapError>,
         apply: impl FnOnce(&mut PageModel),
     ) {
         let overlap = valid && self.model.any_mapped(gpa, len);
@@ -887,7 +887,7 @@ impl<F: NptFormat> Harness<'_, F> {
                 );
                 self.no_memory_ok(&e);
                 match e {
-                    NptError::AlreadyMapped { gpa: g } => {
+                    MapError::AlreadyMapped { gpa: g } => {
                         assert!(valid && overlap, "AlreadyMapped without overlap");
                         let g = g.as_usize();
                         assert!(
@@ -895,7 +895,7 @@ impl<F: NptFormat> Harness<'_, F> {
                             "AlreadyMapped names {g:#x}"
                         );
                     }
-                    NptError::NoMemory => assert!(valid && !overlap),
+                    MapError::NoMemory => assert!(valid && !overlap),
                     e => assert!(!valid && is_arg_error(&e), "map: {e:?} (valid: {valid})"),
                 }
             }
@@ -913,7 +913,7 @@ impl<F: NptFormat> Harness<'_, F> {
         &mut self,
         gpa: usize,
         pre: Option<PageSize>,
-        r: Result<TlbFlush, NptError>,
+        r: Result<TlbFlush, ChangeError>,
         flags: MappingFlags,
         hpa: Option<usize>,
         what: &str,
@@ -938,8 +938,8 @@ impl<F: NptFormat> Harness<'_, F> {
                 }
                 self.check_flush(&before, &flush, what);
             }
-            Err(NptError::NotMapped { .. }) => assert!(self.model.query(gpa).is_none()),
-            Err(NptError::SizeMismatch { mapped, .. }) => {
+            Err(ChangeError::NotMapped { .. }) => assert!(self.model.query(gpa).is_none()),
+            Err(ChangeError::SizeMismatch { mapped, .. }) => {
                 assert_eq!(pre, Some(mapped));
                 assert!(!mapped.is_aligned(gpa));
             }
@@ -964,7 +964,7 @@ impl<F: NptFormat> Harness<'_, F> {
         gpa: usize,
         len: usize,
         before: &[(usize, ModelPage)],
-        r: Result<TlbFlush, NptError>,
+        r: Result<TlbFlush, ChangeError>,
         what: &str,
         apply: impl FnOnce(&mut PageModel),
     ) {
@@ -979,13 +979,13 @@ impl<F: NptFormat> Harness<'_, F> {
             Err(e) => {
                 self.no_memory_ok(&e);
                 match e {
-                    NptError::NotMapped { .. } => {
+                    ChangeError::NotMapped { .. } => {
                         assert!(
                             valid && before.is_empty(),
                             "{what}: NotMapped over mapped pages"
                         )
                     }
-                    NptError::NoMemory => assert!(valid),
+                    ChangeError::NoMemory => assert!(valid),
                     e => assert!(!valid && is_arg_error(&e), "{what}: {e:?}"),
                 }
             }
@@ -1057,7 +1057,7 @@ impl<F: NptFormat> Harness<'_, F> {
             if (p as u64) >= F::GPA_LIMIT {
                 assert!(matches!(
                     self.t.query(p.into()),
-                    Err(NptError::GpaOutOfRange { .. })
+                    Err(QueryError::GpaOutOfRange { .. })
                 ));
             }
         }

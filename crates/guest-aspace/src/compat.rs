@@ -4,7 +4,7 @@
 
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags};
 use npt_entry::NptFormat;
-use npt_table::{FrameAllocator, NptError, TlbFlush};
+use npt_table::{ChangeError, FrameAllocator, TlbFlush};
 
 use crate::error::{AspaceError, AspaceResult};
 use crate::region::Backing;
@@ -59,7 +59,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         let flush = match self.table.protect_region(gpa, len, flags) {
             Ok(f) => f,
             // Nothing populated yet (lazy RAM, emulated MMIO).
-            Err(NptError::NotMapped { .. }) => TlbFlush::none(),
+            Err(ChangeError::NotMapped { .. }) => TlbFlush::none(),
             Err(e) => return Err(e.into()),
         };
         // Then the records, which cannot fail.

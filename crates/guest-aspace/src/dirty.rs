@@ -12,7 +12,7 @@ use alloc::vec::Vec;
 
 use gpa_types::{GuestPhysAddr, MappingFlags, PageSize};
 use npt_entry::NptFormat;
-use npt_table::{FrameAllocator, NptError, TlbFlush};
+use npt_table::{ChangeError, FrameAllocator, TlbFlush};
 
 use crate::error::{AspaceError, AspaceResult};
 use crate::region::{Backing, DirtyLog};
@@ -20,10 +20,10 @@ use crate::space::GuestAddrSpace;
 
 const PAGE: usize = PageSize::Size4K.bytes();
 
-fn allow_not_mapped(r: Result<TlbFlush, NptError>) -> AspaceResult<TlbFlush> {
+fn allow_not_mapped(r: Result<TlbFlush, ChangeError>) -> AspaceResult<TlbFlush> {
     match r {
         Ok(f) => Ok(f),
-        Err(NptError::NotMapped { .. }) => Ok(TlbFlush::none()),
+        Err(ChangeError::NotMapped { .. }) => Ok(TlbFlush::none()),
         Err(e) => Err(e.into()),
     }
 }

@@ -3,7 +3,9 @@
 use core::fmt;
 
 use gpa_types::{ConfigError, ConfigField, DeviceError, DeviceField, DeviceSection, GuestPhysAddr};
-use npt_table::NptError;
+use npt_table::{
+    ChangeError, CollapseError, FrameError, MapError, NptError, QueryError, RangeError,
+};
 
 /// Why an address-space operation was refused. On error the space is as it
 /// was before the call.
@@ -171,6 +173,28 @@ impl From<NptError> for AspaceError {
         }
     }
 }
+
+/// `From` each error family of `npt-table`, through [`NptError`].
+macro_rules! from_table_errors {
+    ($($family:ty),*) => {
+        $(
+            impl From<$family> for AspaceError {
+                fn from(e: $family) -> Self {
+                    NptError::from(e).into()
+                }
+            }
+        )*
+    };
+}
+
+from_table_errors!(
+    MapError,
+    ChangeError,
+    CollapseError,
+    QueryError,
+    RangeError,
+    FrameError
+);
 
 impl fmt::Display for AspaceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

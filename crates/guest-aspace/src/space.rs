@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 
 use gpa_types::{GuestPhysAddr, GuestPhysAddrRange, HostPhysAddr, MappingFlags, PageSize};
 use npt_entry::NptFormat;
-use npt_table::{FrameAllocator, MapPolicy, NestedPageTable, NptError, TableStats, TlbFlush};
+use npt_table::{ChangeError, FrameAllocator, MapPolicy, NestedPageTable, TableStats, TlbFlush};
 
 use crate::error::{AspaceError, AspaceResult};
 use crate::region::{Backing, Chunk, Region, RegionInfo, RegionKind};
@@ -863,7 +863,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         self.table.reserve_parking(owned)?;
         match self.table.unmap_region(gpa, len) {
             Ok(f) => Ok(f),
-            Err(NptError::NotMapped { .. }) => Ok(TlbFlush::none()),
+            Err(ChangeError::NotMapped { .. }) => Ok(TlbFlush::none()),
             Err(e) => Err(e.into()),
         }
     }

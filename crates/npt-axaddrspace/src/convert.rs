@@ -110,12 +110,13 @@ pub fn ax_page_size_at_most(size: PageSize) -> AxPageSize {
     ax_page_size(size).unwrap_or(AxPageSize::Size1G)
 }
 
-/// A table error in axaddrspace's terms. axaddrspace has no out-of-memory
+/// A table error (an [`NptError`] or the error of any operation family of
+/// `npt-table`) in axaddrspace's terms. axaddrspace has no out-of-memory
 /// variant: [`NptError::NoMemory`] becomes
 /// [`AddrSpaceError::MappingState`] (the table is unchanged, as after every
 /// error of `npt-table`).
-pub fn error(e: NptError) -> AddrSpaceError {
-    match e {
+pub fn error(e: impl Into<NptError>) -> AddrSpaceError {
+    match e.into() {
         NptError::AlreadyMapped { .. } => AddrSpaceError::MappingConflict,
         NptError::NotMapped { gpa } => AddrSpaceError::Unmapped {
             address: ax_gpa(gpa),

@@ -7,7 +7,7 @@ use axaddrspace::{AddrSpaceError, AddrSpaceResult, NestedPageTableOps, PageSize 
 use axvm_types::{GuestPhysAddr as AxGpa, MappingFlags as AxFlags};
 use gpa_types::{GuestPhysAddr, PageSize};
 use npt_entry::NptFormat;
-use npt_table::{Entry, FRAME_SIZE, FrameAllocator, MapPolicy, NptError, TlbFlush};
+use npt_table::{ChangeError, Entry, FRAME_SIZE, FrameAllocator, MapPolicy, NptError, TlbFlush};
 
 use crate::convert;
 use crate::table::AxNpt;
@@ -131,7 +131,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTableOps for AxNpt<F, A> {
         let inner = self.inner.get_mut();
         match inner.table.unmap_region(convert::gpa(start), size) {
             Ok(flush) => inner.pending.merge(flush),
-            Err(NptError::NotMapped { .. }) => {}
+            Err(ChangeError::NotMapped { .. }) => {}
             Err(e) => return Err(convert::error(e)),
         }
         Ok(())
@@ -152,19 +152,24 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTableOps for AxNpt<F, A> {
         let flags = convert::flags(flags);
         let inner = self.inner.get_mut();
         let result: Result<(TlbFlush, bool), NptError> = match inner.table.entry(gpa) {
-            Ok(Entry::Vacant(vacant)) => vacant.insert(hpa, flags).map(|f| (f, true)),
+            Ok(Entry::Vacant(vacant)) => vacant
+                .insert(hpa, flags)
+                .map(|f| (f, true))
+                .map_err(NptError::from),
             Ok(Entry::Leaf(leaf)) if leaf.size() == PageSize::Size4K => {
                 if leaf.translation().flags == flags {
                     Ok((TlbFlush::none(), false))
                 } else {
-                    leaf.protect(flags).map(|f| (f, false))
+                    leaf.protect(flags)
+                        .map(|f| (f, false))
+                        .map_err(NptError::from)
                 }
             }
             Ok(Entry::Leaf(leaf)) => Err(NptError::SizeMismatch {
                 gpa,
                 mapped: leaf.size(),
             }),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
         let (mapped, used) = match result {
             Ok((flush, used)) => {
@@ -191,7 +196,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTableOps for AxNpt<F, A> {
                 inner.pending.merge(flush);
                 true
             }
-            Err(NptError::NotMapped { .. }) => true,
+            Err(ChangeError::NotMapped { .. }) => true,
             Err(_) => false,
         }
     }

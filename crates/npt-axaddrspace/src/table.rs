@@ -3,7 +3,7 @@
 
 use gpa_types::HostPhysAddr;
 use npt_entry::NptFormat;
-use npt_table::{FrameAllocator, NestedPageTable, NptResult, TlbFlush};
+use npt_table::{FrameAllocator, FrameError, NestedPageTable, NptResult, TlbFlush};
 use spin::RwLock;
 
 /// The table and what the bridge keeps beside it.
@@ -75,13 +75,21 @@ pub struct AxNpt<F: NptFormat, A: FrameAllocator> {
 
 impl<F: NptFormat, A: FrameAllocator> AxNpt<F, A> {
     /// An empty table over `alloc` (see [`NestedPageTable::new`]).
-    pub fn new(alloc: A) -> NptResult<Self> {
+    ///
+    /// # Errors
+    ///
+    /// As [`NestedPageTable::new`].
+    pub fn new(alloc: A) -> Result<Self, FrameError> {
         NestedPageTable::new(alloc).map(Self::from_table)
     }
 
     /// An empty table limiting host addresses to `pa_bits` (see
     /// [`NestedPageTable::with_pa_bits`]).
-    pub fn with_pa_bits(alloc: A, pa_bits: u32) -> NptResult<Self> {
+    ///
+    /// # Errors
+    ///
+    /// As [`NestedPageTable::with_pa_bits`].
+    pub fn with_pa_bits(alloc: A, pa_bits: u32) -> Result<Self, FrameError> {
         NestedPageTable::with_pa_bits(alloc, pa_bits).map(Self::from_table)
     }
 

@@ -3,7 +3,7 @@
 use gpa_types::{GuestPhysAddr, MappingFlags, PageSize};
 use npt_entry::{ENTRIES_PER_TABLE, GenericPTE, NestedEntry, NptFormat};
 
-use crate::error::{NptError, NptResult};
+use crate::error::CollapseError;
 use crate::flush::TlbFlush;
 use crate::frames::FrameAllocator;
 use crate::iter::{Ctx, LeafAct, Tables, Visit};
@@ -74,7 +74,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// parked until the returned record is completed.
     ///
     /// The span must be fully mapped, to one host range aligned to `size`,
-    /// with equal flags throughout; otherwise [`NptError::NotCollapsible`]
+    /// with equal flags throughout; otherwise [`CollapseError::NotCollapsible`]
     /// names the first address that breaks the rule and nothing changes. A
     /// span that already is one leaf of `size` is left alone. The new leaf
     /// carries the accessed/dirty state of every leaf it replaces.
@@ -82,12 +82,23 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// On Arm, replacing a table by a block needs break-before-make unless
     /// FEAT_BBM level 2 is implemented, as a split does the other way round
     /// (see the `flush` module).
-    pub fn collapse(&mut self, gpa: GuestPhysAddr, size: PageSize) -> NptResult<Collapsed> {
+    ///
+    /// # Errors
+    ///
+    /// [`CollapseError`]: `UnsupportedPageSize` for 4 KiB or a size the
+    /// format has no leaf of; `gpa` not aligned to `size` or past the GPA
+    /// width; `NotMapped` when no table or leaf covers the span;
+    /// `NotCollapsible` as above; `NoMemory` (room to park the tables).
+    pub fn collapse(
+        &mut self,
+        gpa: GuestPhysAddr,
+        size: PageSize,
+    ) -> Result<Collapsed, CollapseError> {
         let target = match F::level_of(size) {
             Some(level) if size.is_huge() => level,
-            _ => return Err(NptError::UnsupportedPageSize(size)),
+            _ => return Err(CollapseError::UnsupportedPageSize(size)),
         };
-        Self::check_range(gpa, size.bytes(), size.bytes())?;
+        Self::check_page(gpa, size)?;
         let addr = gpa.as_usize();
         let tree = self.tree();
         let slot = tree.walk_from(tree.root_table(), 0, addr, target, &mut ());
@@ -99,17 +110,17 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
                     flush: TlbFlush::none(),
                 });
             }
-            Step::Leaf(_) => return Err(NptError::NotCollapsible { gpa }),
-            _ => return Err(NptError::NotMapped { gpa }),
+            Step::Leaf(_) => return Err(CollapseError::NotCollapsible { gpa }),
+            _ => return Err(CollapseError::NotMapped { gpa }),
         };
         // The first 4 KiB translation fixes the host base and the flags.
         let first = tree.walk_from(child, target + 1, addr, F::LEVELS - 1, &mut ());
         let Step::Leaf(_) = first.step else {
-            return Err(NptError::NotCollapsible { gpa });
+            return Err(CollapseError::NotCollapsible { gpa });
         };
         let base: usize = first.entry.paddr().into();
         if !size.is_aligned(base) {
-            return Err(NptError::NotCollapsible { gpa });
+            return Err(CollapseError::NotCollapsible { gpa });
         }
         let end = addr + size.bytes();
         let mut uniform = Uniform {
@@ -132,7 +143,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             &mut ctx,
         );
         if let Some(bad) = uniform.bad {
-            return Err(NptError::NotCollapsible {
+            return Err(CollapseError::NotCollapsible {
                 gpa: GuestPhysAddr::from_usize(bad),
             });
         }

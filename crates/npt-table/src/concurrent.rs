@@ -31,7 +31,7 @@
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
 use npt_entry::{GenericPTE, NestedEntry, NptFormat};
 
-use crate::error::{NptError, NptResult};
+use crate::error::{ChangeError, MapError};
 use crate::flush::TlbFlush;
 use crate::frames::FrameAllocator;
 use crate::raw::TableRef;
@@ -249,7 +249,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     ///
     /// All or nothing: the table frames the walk lacks and the page's frame
     /// are taken before anything changes, so running out of memory
-    /// ([`NptError::NoMemory`], also when `make` returns `None`) leaves the
+    /// ([`MapError::NoMemory`], also when `make` returns `None`) leaves the
     /// table as it was. `make` is not called when the page is mapped already.
     ///
     /// ```
@@ -270,14 +270,20 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// ));
     /// assert_eq!(table.stats().leaves[0], 1);
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`MapError`]: `GpaOutOfRange`, `BadFlags`, `HpaNotAligned` or
+    /// `HpaOutOfRange` for the frame `make` gave, `NoMemory` or
+    /// `TableFrameOutOfRange`. A page mapped already is not an error.
     pub fn insert_new_concurrent(
         &self,
         gpa: GuestPhysAddr,
         flags: MappingFlags,
         make: impl FnOnce(&A) -> Option<HostPhysAddr>,
-    ) -> NptResult<Inserted> {
+    ) -> Result<Inserted, MapError> {
         if !F::gpa_in_range(gpa) {
-            return Err(NptError::GpaOutOfRange {
+            return Err(MapError::GpaOutOfRange {
                 gpa,
                 gpa_bits: F::GPA_BITS,
             });
@@ -286,8 +292,8 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         let addr = PageSize::Size4K.align_down(gpa.as_usize());
         let tree = self.tree();
         let slot = tree.walk(addr, &mut ());
-        if let Step::Leaf(_) = slot.step {
-            return Ok(Inserted::Present(slot.query(gpa)?));
+        if let Some(t) = slot.translation(gpa) {
+            return Ok(Inserted::Present(t));
         }
         // Tables are never unlinked under `&self`, so the walk can only
         // find more of them from here: what it lacks now is the most it
@@ -295,13 +301,13 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         let mut stash = self.take_stash(F::LEVELS - 1 - slot.level)?;
         let Some(hpa) = make(&self.alloc) else {
             stash.give_back(&self.alloc);
-            return Err(NptError::NoMemory);
+            return Err(MapError::NoMemory);
         };
         let bytes = PageSize::Size4K.bytes();
         if let Err(e) = self.check_hpa_range(hpa, bytes, bytes) {
             self.alloc.dealloc_frames(hpa, 1);
             stash.give_back(&self.alloc);
-            return Err(e);
+            return Err(e.into());
         }
         let leaf = F::Entry::new_page(hpa.into(), flags, false).raw();
         let grown = grow(&tree, slot.table, slot.level, addr, leaf, &mut stash);
@@ -319,8 +325,10 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             End::Present { raw, level } => {
                 self.alloc.dealloc_frames(hpa, 1);
                 let entry = F::Entry::from_raw(raw);
+                // `grow` reports `Present` only for an entry its `seen`
+                // read as a leaf, which is this `step`.
                 let Step::Leaf(size) = tree.step(entry, level) else {
-                    return Err(NptError::NotMapped { gpa });
+                    return Err(MapError::AlreadyMapped { gpa });
                 };
                 let base: usize = entry.paddr().into();
                 Ok(Inserted::Present(Translation {
@@ -331,7 +339,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             }
             End::NoFrame => {
                 self.alloc.dealloc_frames(hpa, 1);
-                Err(NptError::NoMemory)
+                Err(MapError::NoMemory)
             }
         }
     }
@@ -347,20 +355,25 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     ///
     /// A dirty-logging write fault makes its page writable with this before
     /// it marks the page dirty (see `guest_aspace`'s dirty log).
+    ///
+    /// # Errors
+    ///
+    /// [`ChangeError`]: `GpaOutOfRange`, `NotMapped`, or `BadFlags` for
+    /// flags `f` returned (the leaf is left as it was).
     pub fn update_flags_concurrent(
         &self,
         gpa: GuestPhysAddr,
         mut f: impl FnMut(MappingFlags) -> Option<MappingFlags>,
-    ) -> NptResult<Option<TlbFlush>> {
+    ) -> Result<Option<TlbFlush>, ChangeError> {
         if !F::gpa_in_range(gpa) {
-            return Err(NptError::GpaOutOfRange {
+            return Err(ChangeError::GpaOutOfRange {
                 gpa,
                 gpa_bits: F::GPA_BITS,
             });
         }
         let slot = self.tree().walk(gpa.as_usize(), &mut ());
         let Step::Leaf(size) = slot.step else {
-            return Err(NptError::NotMapped { gpa });
+            return Err(ChangeError::NotMapped { gpa });
         };
         // `f` decides again on what another CPU or the hardware wrote
         // meanwhile (`TableRef::update`).
@@ -390,7 +403,16 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// the range touches is write-protected whole (nothing is split under
     /// `&self`); the record names it whole. Leaves already without write
     /// permission are left alone and not named. Holes are skipped.
-    pub fn write_protect_concurrent(&self, gpa: GuestPhysAddr, len: usize) -> NptResult<TlbFlush> {
+    ///
+    /// # Errors
+    ///
+    /// A range that is empty, not 4 KiB aligned or past the GPA width
+    /// ([`ChangeError`]; nothing mapped is not an error).
+    pub fn write_protect_concurrent(
+        &self,
+        gpa: GuestPhysAddr,
+        len: usize,
+    ) -> Result<TlbFlush, ChangeError> {
         let end = Self::check_range(gpa, len, PageSize::Size4K.bytes())?;
         let tree = self.tree();
         let mut path = tree.path();

@@ -3,7 +3,7 @@
 use gpa_types::{GuestPhysAddr, HostPhysAddr};
 use npt_entry::NptFormat;
 
-use crate::error::{NptError, NptResult};
+use crate::error::QueryError;
 use crate::frames::FrameAllocator;
 use crate::raw::TableRef;
 use crate::table::{NestedPageTable, Translation};
@@ -115,10 +115,14 @@ impl<F: NptFormat, A: FrameAllocator> Cursor<'_, F, A> {
     }
 
     /// The translation of `gpa`, as [`NestedPageTable::query`] gives it.
+    ///
+    /// # Errors
+    ///
+    /// As [`NestedPageTable::query`].
     #[inline]
-    pub fn query(&mut self, gpa: GuestPhysAddr) -> NptResult<Translation> {
+    pub fn query(&mut self, gpa: GuestPhysAddr) -> Result<Translation, QueryError> {
         if !F::gpa_in_range(gpa) {
-            return Err(NptError::GpaOutOfRange {
+            return Err(QueryError::GpaOutOfRange {
                 gpa,
                 gpa_bits: F::GPA_BITS,
             });

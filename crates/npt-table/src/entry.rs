@@ -14,7 +14,7 @@
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
 use npt_entry::{GenericPTE, NestedEntry, NptFormat};
 
-use crate::error::{NptError, NptResult};
+use crate::error::{ChangeError, MapError, QueryError, RangeError};
 use crate::flush::TlbFlush;
 use crate::frames::FrameAllocator;
 use crate::range::{MappedRun, RunMerger};
@@ -65,10 +65,15 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// let Entry::Leaf(leaf) = t.entry(gpa).unwrap() else { unreachable!() };
     /// assert_eq!(leaf.translation().hpa, HostPhysAddr::from(0x5000));
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`QueryError::GpaOutOfRange`] past the format's GPA width (an
+    /// unmapped page is [`Entry::Vacant`], not an error).
     #[inline]
-    pub fn entry(&mut self, gpa: GuestPhysAddr) -> NptResult<Entry<'_, F, A>> {
+    pub fn entry(&mut self, gpa: GuestPhysAddr) -> Result<Entry<'_, F, A>, QueryError> {
         if !F::gpa_in_range(gpa) {
-            return Err(NptError::GpaOutOfRange {
+            return Err(QueryError::GpaOutOfRange {
                 gpa,
                 gpa_bits: F::GPA_BITS,
             });
@@ -98,7 +103,16 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// one run, runs clipped to the range. Each leaf is walked from the
     /// deepest table of the previous one; a hole is skipped by the span of
     /// the entry that is empty.
-    pub fn mappings(&self, gpa: GuestPhysAddr, len: usize) -> NptResult<Mappings<'_, F, A>> {
+    ///
+    /// # Errors
+    ///
+    /// The range is checked as by [`NestedPageTable::check_range`] (4 KiB
+    /// alignment).
+    pub fn mappings(
+        &self,
+        gpa: GuestPhysAddr,
+        len: usize,
+    ) -> Result<Mappings<'_, F, A>, RangeError> {
         let end = Self::check_range(gpa, len, PageSize::Size4K.bytes())?;
         let tree = self.tree();
         Ok(Mappings {
@@ -124,12 +138,12 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         hpa: HostPhysAddr,
         size: PageSize,
         flags: MappingFlags,
-    ) -> NptResult<TlbFlush> {
+    ) -> Result<TlbFlush, MapError> {
         let mut stash = self.take_stash(level.saturating_sub(from))?;
         let (tree, books) = self.parts();
         let Some(table) = tree.descend(books, path, addr, level, &mut stash, None) else {
             stash.give_back(&self.alloc);
-            return Err(NptError::AlreadyMapped {
+            return Err(MapError::AlreadyMapped {
                 gpa: GuestPhysAddr::from_usize(addr),
             });
         };
@@ -154,16 +168,20 @@ impl<F: NptFormat, A: FrameAllocator> VacantEntry<'_, F, A> {
     /// Maps the page to a new frame that `make` takes from the table's
     /// allocator (and may fill): the frame for a page populated on first
     /// touch. If the map fails, the frame goes back to the allocator. `make`
-    /// returning `None` is [`NptError::NoMemory`]. Returns the frame and the
+    /// returning `None` is [`MapError::NoMemory`]. Returns the frame and the
     /// flush record.
+    ///
+    /// # Errors
+    ///
+    /// As [`VacantEntry::insert`].
     #[inline]
     pub fn insert_new(
         self,
         flags: MappingFlags,
         make: impl FnOnce(&A) -> Option<HostPhysAddr>,
-    ) -> NptResult<(HostPhysAddr, TlbFlush)> {
+    ) -> Result<(HostPhysAddr, TlbFlush), MapError> {
         let mut this = self;
-        let hpa = make(&this.table.alloc).ok_or(NptError::NoMemory)?;
+        let hpa = make(&this.table.alloc).ok_or(MapError::NoMemory)?;
         match this.insert_here(hpa, flags) {
             Ok(flush) => Ok((hpa, flush)),
             Err(e) => {
@@ -175,12 +193,21 @@ impl<F: NptFormat, A: FrameAllocator> VacantEntry<'_, F, A> {
 
     /// Maps the page to the 4 KiB frame at `hpa`, creating only the tables
     /// below where the walk stopped. All or nothing.
-    pub fn insert(mut self, hpa: HostPhysAddr, flags: MappingFlags) -> NptResult<TlbFlush> {
+    ///
+    /// # Errors
+    ///
+    /// [`MapError`]: `HpaNotAligned`, `HpaOutOfRange`, `BadFlags`, or
+    /// `NoMemory` / `TableFrameOutOfRange` for the tables it creates.
+    pub fn insert(mut self, hpa: HostPhysAddr, flags: MappingFlags) -> Result<TlbFlush, MapError> {
         self.insert_here(hpa, flags)
     }
 
     #[inline]
-    fn insert_here(&mut self, hpa: HostPhysAddr, flags: MappingFlags) -> NptResult<TlbFlush> {
+    fn insert_here(
+        &mut self,
+        hpa: HostPhysAddr,
+        flags: MappingFlags,
+    ) -> Result<TlbFlush, MapError> {
         let size = PageSize::Size4K;
         self.table
             .check_hpa_range(hpa, size.bytes(), size.bytes())?;
@@ -225,7 +252,11 @@ impl<F: NptFormat, A: FrameAllocator> LeafEntry<'_, F, A> {
 
     /// Changes the leaf's flags, keeping its address and every bit outside
     /// `NestedEntry::FLAG_MASK` (as [`NestedPageTable::protect`]).
-    pub fn protect(self, flags: MappingFlags) -> NptResult<TlbFlush> {
+    ///
+    /// # Errors
+    ///
+    /// [`ChangeError::BadFlags`].
+    pub fn protect(self, flags: MappingFlags) -> Result<TlbFlush, ChangeError> {
         npt_entry::check_flags(flags)?;
         let template = F::Entry::new_page(0.into(), flags, self.size.is_huge());
         self.slot
@@ -237,7 +268,12 @@ impl<F: NptFormat, A: FrameAllocator> LeafEntry<'_, F, A> {
     }
 
     /// Points the leaf at `hpa` with `flags`, keeping its size.
-    pub fn remap(self, hpa: HostPhysAddr, flags: MappingFlags) -> NptResult<TlbFlush> {
+    ///
+    /// # Errors
+    ///
+    /// [`ChangeError::BadFlags`], or `HpaNotAligned` / `HpaOutOfRange` for a
+    /// host address the leaf cannot hold.
+    pub fn remap(self, hpa: HostPhysAddr, flags: MappingFlags) -> Result<TlbFlush, ChangeError> {
         npt_entry::check_flags(flags)?;
         let bytes = self.size.bytes();
         self.table.check_hpa_range(hpa, bytes, bytes)?;
@@ -250,7 +286,11 @@ impl<F: NptFormat, A: FrameAllocator> LeafEntry<'_, F, A> {
 
     /// Removes the leaf, parking the tables it leaves empty (as
     /// [`NestedPageTable::unmap`], without walking again).
-    pub fn unmap(mut self) -> NptResult<(Translation, TlbFlush)> {
+    ///
+    /// # Errors
+    ///
+    /// [`ChangeError::NoMemory`]: no room to park the tables it empties.
+    pub fn unmap(mut self) -> Result<(Translation, TlbFlush), ChangeError> {
         self.table.books.retired.reserve(F::LEVELS - 1)?;
         let t = self.translation();
         self.slot.table.set(self.slot.idx, F::Entry::from_raw(0));

@@ -37,6 +37,10 @@
 //!   has a new owner.
 //! - Every table frame, the root included, must lie below the table's
 //!   physical width ([`NptError::TableFrameOutOfRange`]).
+//! - Each family of operations returns an error enum of its own, holding
+//!   only what it can produce ([`MapError`], [`ChangeError`],
+//!   [`CollapseError`], [`QueryError`], [`RangeError`], [`FrameError`]);
+//!   each converts into [`NptError`], which holds them all.
 //!
 //! ```
 //! use npt_table::{HostFrameAllocator, MapPolicy, NestedPageTable};
@@ -92,7 +96,9 @@ pub use collapse::Collapsed;
 pub use concurrent::Inserted;
 pub use cursor::Cursor;
 pub use entry::{Entry, LeafEntry, Mappings, VacantEntry};
-pub use error::{NptError, NptResult};
+pub use error::{
+    ChangeError, CollapseError, FrameError, MapError, NptError, NptResult, QueryError, RangeError,
+};
 pub use flush::{FLUSH_RANGES, TlbFlush};
 #[cfg(feature = "paging-handler")]
 #[cfg_attr(docsrs, doc(cfg(feature = "paging-handler")))]

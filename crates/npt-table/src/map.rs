@@ -10,7 +10,7 @@
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
 use npt_entry::{BITS_PER_LEVEL, GenericPTE, NestedEntry, NptFormat};
 
-use crate::error::{NptError, NptResult};
+use crate::error::MapError;
 use crate::flush::TlbFlush;
 use crate::frames::FrameAllocator;
 use crate::table::{Ledger, MapPolicy, NestedPageTable, Stash};
@@ -118,6 +118,13 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// 4 KiB aligned, the range must be inside the format's GPA width and the
     /// host range inside its PA width, and nothing in the range may be
     /// mapped already. On error nothing changes.
+    ///
+    /// # Errors
+    ///
+    /// [`MapError`]: a range that is empty, misaligned or past the GPA
+    /// width; a host range misaligned or past the PA width; `BadFlags`;
+    /// [`AlreadyMapped`](MapError::AlreadyMapped) with the first mapped
+    /// address; `NoMemory` or `TableFrameOutOfRange` for table frames.
     pub fn map_region(
         &mut self,
         gpa: GuestPhysAddr,
@@ -125,13 +132,19 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         len: usize,
         flags: MappingFlags,
         policy: MapPolicy,
-    ) -> NptResult<TlbFlush> {
+    ) -> Result<TlbFlush, MapError> {
         self.map_linear(gpa, hpa, len, flags, policy.max_size::<F>())
     }
 
     /// Maps one page of `size` at `gpa` to `hpa`, in one walk: tables that
     /// exist are followed; from the first missing one, the frames for every
     /// table still needed are taken before anything is written.
+    ///
+    /// # Errors
+    ///
+    /// As [`NestedPageTable::map_region`] (never `ZeroLength`), and
+    /// [`UnsupportedPageSize`](MapError::UnsupportedPageSize) for a size
+    /// the format has no leaf of.
     #[inline]
     pub fn map(
         &mut self,
@@ -139,16 +152,16 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         hpa: HostPhysAddr,
         size: PageSize,
         flags: MappingFlags,
-    ) -> NptResult<TlbFlush> {
-        let level = F::level_of(size).ok_or(NptError::UnsupportedPageSize(size))?;
-        Self::check_range(gpa, size.bytes(), size.bytes())?;
+    ) -> Result<TlbFlush, MapError> {
+        let level = F::level_of(size).ok_or(MapError::UnsupportedPageSize(size))?;
+        Self::check_page(gpa, size)?;
         self.check_hpa_range(hpa, size.bytes(), size.bytes())?;
         npt_entry::check_flags(flags)?;
         let addr = gpa.as_usize();
         let mut path = self.tree().path();
         let slot = self.tree().walk_path(&mut path, addr, level);
         if slot.entry.raw() != 0 && !(slot.level < level && matches!(slot.step, Step::Empty)) {
-            return Err(NptError::AlreadyMapped { gpa });
+            return Err(MapError::AlreadyMapped { gpa });
         }
         self.insert_at(&mut path, addr, slot.level, level, hpa, size, flags)
     }
@@ -156,17 +169,22 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// Maps `frames.len()` pages of 4 KiB at `gpa`, page `i` to `frames[i]`
     /// (for allocated backing that is not contiguous). Same rules as
     /// [`NestedPageTable::map_region`]; every frame must be 4 KiB aligned.
+    ///
+    /// # Errors
+    ///
+    /// As [`NestedPageTable::map_region`], the host checks applying to
+    /// each frame.
     pub fn map_frames(
         &mut self,
         gpa: GuestPhysAddr,
         frames: &[HostPhysAddr],
         flags: MappingFlags,
-    ) -> NptResult<TlbFlush> {
+    ) -> Result<TlbFlush, MapError> {
         let len =
             frames
                 .len()
                 .checked_mul(PageSize::Size4K.bytes())
-                .ok_or(NptError::GpaOutOfRange {
+                .ok_or(MapError::GpaOutOfRange {
                     gpa: GuestPhysAddr::from_usize(usize::MAX),
                     gpa_bits: F::GPA_BITS,
                 })?;
@@ -189,25 +207,31 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// Every chunk's GPA and HPA must be aligned to its size. This is how a
     /// region backed by a mix of 1 GiB, 2 MiB and 4 KiB frames is mapped in
     /// one all-or-nothing step.
+    ///
+    /// # Errors
+    ///
+    /// As [`NestedPageTable::map_region`] (`ZeroLength` for no chunks), and
+    /// [`UnsupportedPageSize`](MapError::UnsupportedPageSize) for a chunk
+    /// size the format has no leaf of.
     pub fn map_chunks(
         &mut self,
         gpa: GuestPhysAddr,
         chunks: &[(HostPhysAddr, PageSize)],
         flags: MappingFlags,
-    ) -> NptResult<TlbFlush> {
+    ) -> Result<TlbFlush, MapError> {
         npt_entry::check_flags(flags)?;
         let mut pos = gpa.as_usize();
         for &(hpa, size) in chunks {
             if F::level_of(size).is_none() {
-                return Err(NptError::UnsupportedPageSize(size));
+                return Err(MapError::UnsupportedPageSize(size));
             }
             let at = GuestPhysAddr::from_usize(pos);
-            let end = Self::check_range(at, size.bytes(), size.bytes())?;
+            let end = Self::check_page(at, size)?;
             self.check_hpa_range(hpa, size.bytes(), size.bytes())?;
             pos = end;
         }
         if pos == gpa.as_usize() {
-            return Err(NptError::ZeroLength);
+            return Err(MapError::ZeroLength);
         }
         self.map_checked(
             gpa.as_usize(),
@@ -225,7 +249,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         len: usize,
         flags: MappingFlags,
         max: PageSize,
-    ) -> NptResult<TlbFlush> {
+    ) -> Result<TlbFlush, MapError> {
         let align = PageSize::Size4K.bytes();
         let end = Self::check_range(gpa, len, align)?;
         self.check_hpa_range(hpa, len, align)?;
@@ -261,7 +285,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         src: Source<'_>,
         flags: MappingFlags,
         max: PageSize,
-    ) -> NptResult<TlbFlush> {
+    ) -> Result<TlbFlush, MapError> {
         let needed = self.plan_map(Self::runs(start, end, src, max))?;
         let mut stash = self.take_stash(needed)?;
         let mut flush = TlbFlush::none();
@@ -273,7 +297,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
 
     /// Read-only pass: fails if anything in the runs is mapped, else counts
     /// the table frames the writer will create.
-    fn plan_map(&self, runs: Runs<'_, F>) -> NptResult<usize> {
+    fn plan_map(&self, runs: Runs<'_, F>) -> Result<usize, MapError> {
         let tree = self.tree();
         let mut needed = 0;
         // Base GPA of the table the writer will have created at each level
@@ -284,7 +308,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             let slot = tree.walk_path(&mut path, run.gpa, run.level);
             if slot.level < run.level {
                 if let Step::Leaf(_) = slot.step {
-                    return Err(NptError::AlreadyMapped {
+                    return Err(MapError::AlreadyMapped {
                         gpa: GuestPhysAddr::from_usize(run.gpa),
                     });
                 }
@@ -302,7 +326,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
             for i in 0..run.count {
                 if slot.table.get(idx + i).raw() != 0 {
                     let gpa = run.gpa + i * run.size.bytes();
-                    return Err(NptError::AlreadyMapped {
+                    return Err(MapError::AlreadyMapped {
                         gpa: GuestPhysAddr::from_usize(gpa),
                     });
                 }

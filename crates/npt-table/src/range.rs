@@ -10,7 +10,7 @@
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
 use npt_entry::{ENTRIES_PER_TABLE, GenericPTE, NestedEntry, NptFormat};
 
-use crate::error::{NptError, NptResult};
+use crate::error::{ChangeError, RangeError};
 use crate::flush::TlbFlush;
 use crate::frames::FrameAllocator;
 use crate::iter::{Ctx, LeafAct, Tables, Visit};
@@ -171,8 +171,18 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// the same flags; tables that become empty are unlinked and parked
     /// until the returned record is completed ([`NestedPageTable::complete`]).
     /// Holes are fine, but a range with nothing mapped at all is
-    /// [`NptError::NotMapped`].
-    pub fn unmap_region(&mut self, gpa: GuestPhysAddr, len: usize) -> NptResult<TlbFlush> {
+    /// [`ChangeError::NotMapped`].
+    ///
+    /// # Errors
+    ///
+    /// [`ChangeError`]: a range that is empty, not 4 KiB aligned or past the
+    /// GPA width; `NotMapped`; `NoMemory` or `TableFrameOutOfRange` for the
+    /// frames of edge splits and the room to park emptied tables.
+    pub fn unmap_region(
+        &mut self,
+        gpa: GuestPhysAddr,
+        len: usize,
+    ) -> Result<TlbFlush, ChangeError> {
         let end = Self::check_range(gpa, len, PageSize::Size4K.bytes())?;
         self.books
             .retired
@@ -183,13 +193,17 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// Sets the flags of every leaf in `[gpa, gpa + len)` (splitting huge
     /// leaves at the edges), keeping each leaf's address and the bits
     /// outside `NestedEntry::FLAG_MASK` (accessed/dirty state among them).
-    /// [`NptError::NotMapped`] if nothing is mapped.
+    /// [`ChangeError::NotMapped`] if nothing is mapped.
+    ///
+    /// # Errors
+    ///
+    /// As [`NestedPageTable::unmap_region`], and `BadFlags`.
     pub fn protect_region(
         &mut self,
         gpa: GuestPhysAddr,
         len: usize,
         flags: MappingFlags,
-    ) -> NptResult<TlbFlush> {
+    ) -> Result<TlbFlush, ChangeError> {
         let end = Self::check_range(gpa, len, PageSize::Size4K.bytes())?;
         npt_entry::check_flags(flags)?;
         let templates = [
@@ -204,7 +218,15 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// Removes write permission from every leaf in `[gpa, gpa + len)`,
     /// keeping all other bits (the first step of dirty logging by
     /// write-protection). Huge leaves at the edges are split.
-    pub fn write_protect_region(&mut self, gpa: GuestPhysAddr, len: usize) -> NptResult<TlbFlush> {
+    ///
+    /// # Errors
+    ///
+    /// As [`NestedPageTable::unmap_region`].
+    pub fn write_protect_region(
+        &mut self,
+        gpa: GuestPhysAddr,
+        len: usize,
+    ) -> Result<TlbFlush, ChangeError> {
         let end = Self::check_range(gpa, len, PageSize::Size4K.bytes())?;
         self.change(gpa, end, move |size, entry| {
             entry.write_protected(size.is_huge())
@@ -222,17 +244,23 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// translations are flushed.
     ///
     /// `bitmap` must hold at least `len / 4096` bits.
+    ///
+    /// # Errors
+    ///
+    /// A range that is empty, not 4 KiB aligned or past the GPA width;
+    /// [`ChangeError::FrameCount`] (in 64-bit words) for a short `bitmap`.
+    /// A range with nothing mapped is not an error.
     pub fn harvest(
         &mut self,
         gpa: GuestPhysAddr,
         len: usize,
         bit: AccessBit,
         bitmap: &mut [u64],
-    ) -> NptResult<TlbFlush> {
+    ) -> Result<TlbFlush, ChangeError> {
         let end = Self::check_range(gpa, len, PageSize::Size4K.bytes())?;
         let pages = len / PageSize::Size4K.bytes();
         if bitmap.len().saturating_mul(64) < pages {
-            return Err(NptError::FrameCount {
+            return Err(ChangeError::FrameCount {
                 expected: pages.div_ceil(64),
                 given: bitmap.len(),
             });
@@ -290,12 +318,17 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// Calls `f` for every run of mapped space in `[gpa, gpa + len)`, in
     /// GPA order, merging consecutive leaves with equal flags and contiguous
     /// host addresses. Runs are clipped to the range.
+    ///
+    /// # Errors
+    ///
+    /// The range is checked as by [`NestedPageTable::check_range`] (4 KiB
+    /// alignment); `f` is not called then.
     pub fn for_each_mapping(
         &self,
         gpa: GuestPhysAddr,
         len: usize,
         mut f: impl FnMut(MappedRun),
-    ) -> NptResult {
+    ) -> Result<(), RangeError> {
         let end = Self::check_range(gpa, len, PageSize::Size4K.bytes())?;
         // The range walk, not `mappings`: one pass over each table instead
         // of a walk per leaf (about 1.5x faster over 1 GiB of 4 KiB leaves).
@@ -315,7 +348,17 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// leaves with the same attributes (e.g. before dirty logging, so that
     /// one guest write dirties 4 KiB). Translations do not change. Frames for
     /// all splits are taken first; on `NoMemory` nothing changes.
-    pub fn split_region(&mut self, gpa: GuestPhysAddr, len: usize) -> NptResult<TlbFlush> {
+    ///
+    /// # Errors
+    ///
+    /// A range that is empty, not 4 KiB aligned or past the GPA width;
+    /// `NoMemory` or `TableFrameOutOfRange` for the frames of the splits. A
+    /// range with nothing mapped is not an error.
+    pub fn split_region(
+        &mut self,
+        gpa: GuestPhysAddr,
+        len: usize,
+    ) -> Result<TlbFlush, ChangeError> {
         let end = Self::check_range(gpa, len, PageSize::Size4K.bytes())?;
         let start = gpa.as_usize();
         let mut needed = 0usize;
@@ -342,7 +385,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         start: usize,
         end: usize,
         v: &mut V,
-    ) -> NptResult<(TlbFlush, bool)> {
+    ) -> Result<(TlbFlush, bool), ChangeError> {
         let mut stash = self.take_stash(needed)?;
         let mut flush = TlbFlush::none();
         let mut ctx = Ctx::new(&mut flush, Some(&mut stash));
@@ -379,10 +422,10 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         gpa: GuestPhysAddr,
         end: usize,
         leaf: impl FnMut(PageSize, F::Entry) -> F::Entry,
-    ) -> NptResult<TlbFlush> {
+    ) -> Result<TlbFlush, ChangeError> {
         let start = gpa.as_usize();
         if !self.any_mapped(start, end) {
-            return Err(NptError::NotMapped { gpa });
+            return Err(ChangeError::NotMapped { gpa });
         }
         let needed = self.splits_at(start) + self.splits_at(end);
         let (mut flush, changed) =

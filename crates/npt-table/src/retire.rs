@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 use gpa_types::HostPhysAddr;
 use npt_entry::NptFormat;
 
-use crate::error::{NptError, NptResult};
+use crate::error::{NptResult, OutOfMemory};
 use crate::flush::TlbFlush;
 use crate::frames::FrameAllocator;
 use crate::table::NestedPageTable;
@@ -45,15 +45,15 @@ impl Retired {
     /// Makes room for `n` more parked allocations by the change about to be
     /// made, on top of the room promised to callers. On failure nothing
     /// changed.
-    pub(crate) fn reserve(&mut self, n: usize) -> NptResult {
-        let want = self.promised.checked_add(n).ok_or(NptError::NoMemory)?;
+    pub(crate) fn reserve(&mut self, n: usize) -> Result<(), OutOfMemory> {
+        let want = self.promised.checked_add(n).ok_or(OutOfMemory::NoMemory)?;
         self.parked
             .try_reserve(want)
-            .map_err(|_| NptError::NoMemory)
+            .map_err(|_| OutOfMemory::NoMemory)
     }
 
     /// Promises room for `n` allocations to be parked by the caller later.
-    pub(crate) fn promise(&mut self, n: usize) -> NptResult {
+    pub(crate) fn promise(&mut self, n: usize) -> Result<(), OutOfMemory> {
         self.reserve(n)?;
         self.promised += n;
         Ok(())
@@ -65,7 +65,7 @@ impl Retired {
         flush: &mut TlbFlush,
         hpa: HostPhysAddr,
         count: usize,
-    ) -> NptResult {
+    ) -> Result<(), OutOfMemory> {
         if self.promised > 0 {
             self.promised -= 1;
         } else {
@@ -161,7 +161,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// [`NestedPageTable::park`], so that parking them later cannot fail.
     /// On `NoMemory` nothing changed.
     pub fn reserve_parking(&mut self, n: usize) -> NptResult {
-        self.books.retired.promise(n)
+        Ok(self.books.retired.promise(n)?)
     }
 
     /// Parks `count` frames at `hpa` (backing that the caller owned and has
@@ -171,6 +171,6 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// when no room was reserved and none can be made (see
     /// [`NestedPageTable::reserve_parking`]).
     pub fn park(&mut self, flush: &mut TlbFlush, hpa: HostPhysAddr, count: usize) -> NptResult {
-        self.books.retired.park_promised(flush, hpa, count)
+        Ok(self.books.retired.park_promised(flush, hpa, count)?)
     }
 }

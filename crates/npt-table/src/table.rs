@@ -10,7 +10,7 @@ use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
 use npt_entry::NptFormat;
 
 use crate::entry::{Entry, LeafEntry};
-use crate::error::{NptError, NptResult};
+use crate::error::{ChangeError, EncodeError, FrameError, QueryError, RangeError, SpanError};
 use crate::flush::TlbFlush;
 use crate::frames::{FRAME_SIZE, FrameAllocator};
 use crate::raw::zero_frames;
@@ -94,11 +94,15 @@ pub(crate) struct Stash {
 
 /// Checks that the `frames` table frames at `hpa` lie below `2^pa_bits`,
 /// where a table entry can point to them.
-pub(crate) fn check_table_frame(hpa: HostPhysAddr, frames: usize, pa_bits: u32) -> NptResult {
+pub(crate) fn check_table_frame(
+    hpa: HostPhysAddr,
+    frames: usize,
+    pa_bits: u32,
+) -> Result<(), FrameError> {
     let last = hpa.as_usize().checked_add((frames.max(1) - 1) * FRAME_SIZE);
     match last {
         Some(last) if pa_bits >= usize::BITS || last >> pa_bits == 0 => Ok(()),
-        _ => Err(NptError::TableFrameOutOfRange { hpa, pa_bits }),
+        _ => Err(FrameError::TableFrameOutOfRange { hpa, pa_bits }),
     }
 }
 
@@ -110,7 +114,7 @@ impl Stash {
         alloc: &A,
         count: usize,
         pa_bits: u32,
-    ) -> NptResult<Self> {
+    ) -> Result<Self, FrameError> {
         let mut stash = Self {
             inline: [HostPhysAddr::from_usize(0); MAX_LEVELS],
             len: 0,
@@ -119,7 +123,7 @@ impl Stash {
         if let Some(extra) = count.checked_sub(MAX_LEVELS)
             && stash.spill.try_reserve_exact(extra).is_err()
         {
-            return Err(NptError::NoMemory);
+            return Err(FrameError::NoMemory);
         }
         for _ in 0..count {
             // A frame the allocator zeroed ahead of time, if it has one.
@@ -129,7 +133,7 @@ impl Stash {
                     Some(hpa) => (hpa, false),
                     None => {
                         stash.give_back(alloc);
-                        return Err(NptError::NoMemory);
+                        return Err(FrameError::NoMemory);
                     }
                 },
             };
@@ -397,7 +401,12 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// An empty table: allocates and zeroes the root (`F::ROOT_FRAMES`
     /// frames aligned to `F::ROOT_ALIGN`). Host addresses may use the whole
     /// physical width of the format.
-    pub fn new(alloc: A) -> NptResult<Self> {
+    ///
+    /// # Errors
+    ///
+    /// [`FrameError`]: no frames for the root, or a root past the table's
+    /// physical width.
+    pub fn new(alloc: A) -> Result<Self, FrameError> {
         Self::with_pa_bits(alloc, F::PA_BITS)
     }
 
@@ -405,12 +414,17 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// (e.g. the CPU's MAXPHYADDR); values above the format's width are
     /// clamped to it. Leaves and table frames alike must lie below
     /// `2^pa_bits`: a table frame the allocator hands out above it is given
-    /// back and the operation fails with [`NptError::TableFrameOutOfRange`].
-    pub fn with_pa_bits(alloc: A, pa_bits: u32) -> NptResult<Self> {
+    /// back and the operation fails with [`FrameError::TableFrameOutOfRange`]
+    /// (the root included: then this call fails).
+    ///
+    /// # Errors
+    ///
+    /// As [`NestedPageTable::new`].
+    pub fn with_pa_bits(alloc: A, pa_bits: u32) -> Result<Self, FrameError> {
         let pa_bits = pa_bits.min(F::PA_BITS);
         let root = alloc
             .alloc_frames(F::ROOT_FRAMES, F::ROOT_ALIGN)
-            .ok_or(NptError::NoMemory)?;
+            .ok_or(FrameError::NoMemory)?;
         if let Err(e) = check_table_frame(root, F::ROOT_FRAMES, pa_bits) {
             alloc.dealloc_frames(root, F::ROOT_FRAMES);
             return Err(e);
@@ -465,28 +479,46 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     }
 
     /// Allocates and zeroes `count` table frames, or none.
-    pub(crate) fn take_stash(&self, count: usize) -> NptResult<Stash> {
+    pub(crate) fn take_stash(&self, count: usize) -> Result<Stash, FrameError> {
         Stash::take(&self.alloc, count, self.pa_bits)
     }
 
     /// Checks `[gpa, gpa + len)`: non-empty, `align`-aligned, inside the GPA
     /// width. Returns the end. The one range check of the crate (points use
     /// `NptFormat::gpa_in_range`).
-    pub fn check_range(gpa: GuestPhysAddr, len: usize, align: usize) -> NptResult<usize> {
-        let start = gpa.as_usize();
+    ///
+    /// # Errors
+    ///
+    /// [`RangeError::ZeroLength`], then [`RangeError::GpaNotAligned`] (the
+    /// address, then the length), then [`RangeError::GpaOutOfRange`].
+    pub fn check_range(gpa: GuestPhysAddr, len: usize, align: usize) -> Result<usize, RangeError> {
         if len == 0 {
-            return Err(NptError::ZeroLength);
+            return Err(RangeError::ZeroLength);
         }
+        Ok(Self::check_span(gpa, len, align)?)
+    }
+
+    /// [`NestedPageTable::check_range`] for a span known not to be empty:
+    /// one page or leaf of `size` at `gpa`.
+    #[inline]
+    pub(crate) fn check_page(gpa: GuestPhysAddr, size: PageSize) -> Result<usize, SpanError> {
+        Self::check_span(gpa, size.bytes(), size.bytes())
+    }
+
+    /// [`NestedPageTable::check_range`] after the length check.
+    #[inline]
+    fn check_span(gpa: GuestPhysAddr, len: usize, align: usize) -> Result<usize, SpanError> {
+        let start = gpa.as_usize();
         if start % align != 0 {
-            return Err(NptError::GpaNotAligned {
+            return Err(SpanError::GpaNotAligned {
                 value: start,
                 align,
             });
         }
         if len % align != 0 {
-            return Err(NptError::GpaNotAligned { value: len, align });
+            return Err(SpanError::GpaNotAligned { value: len, align });
         }
-        let out = NptError::GpaOutOfRange {
+        let out = SpanError::GpaOutOfRange {
             gpa: GuestPhysAddr::from_usize(start.max(F::GPA_LIMIT as usize)),
             gpa_bits: F::GPA_BITS,
         };
@@ -498,11 +530,16 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     }
 
     /// Checks a host run `[hpa, hpa + len)` against alignment and PA width.
-    pub(crate) fn check_hpa_range(&self, hpa: HostPhysAddr, len: usize, align: usize) -> NptResult {
+    pub(crate) fn check_hpa_range(
+        &self,
+        hpa: HostPhysAddr,
+        len: usize,
+        align: usize,
+    ) -> Result<(), EncodeError> {
         if hpa.as_usize() % align != 0 {
-            return Err(NptError::HpaNotAligned { hpa, align });
+            return Err(EncodeError::HpaNotAligned { hpa, align });
         }
-        let out = NptError::HpaOutOfRange {
+        let out = EncodeError::HpaOutOfRange {
             hpa,
             pa_bits: self.pa_bits,
         };
@@ -516,10 +553,15 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     // ---- lookups ----
 
     /// The translation of `gpa`, if it is mapped.
+    ///
+    /// # Errors
+    ///
+    /// [`QueryError::GpaOutOfRange`] past the format's GPA width,
+    /// [`QueryError::NotMapped`] where no leaf maps `gpa`.
     #[inline]
-    pub fn query(&self, gpa: GuestPhysAddr) -> NptResult<Translation> {
+    pub fn query(&self, gpa: GuestPhysAddr) -> Result<Translation, QueryError> {
         if !F::gpa_in_range(gpa) {
-            return Err(NptError::GpaOutOfRange {
+            return Err(QueryError::GpaOutOfRange {
                 gpa,
                 gpa_bits: F::GPA_BITS,
             });
@@ -559,41 +601,61 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     /// Removes the leaf that starts at `gpa`, whatever its size, and returns
     /// what it mapped. Tables left empty are parked until the returned
     /// record is completed.
-    pub fn unmap(&mut self, gpa: GuestPhysAddr) -> NptResult<(Translation, TlbFlush)> {
+    ///
+    /// # Errors
+    ///
+    /// [`ChangeError`]: `gpa` not 4 KiB aligned or past the GPA width,
+    /// [`NotMapped`](ChangeError::NotMapped),
+    /// [`SizeMismatch`](ChangeError::SizeMismatch) when `gpa` lies inside a
+    /// larger leaf, `NoMemory` (room to park emptied tables).
+    pub fn unmap(&mut self, gpa: GuestPhysAddr) -> Result<(Translation, TlbFlush), ChangeError> {
         self.leaf_at(gpa)?.unmap()
     }
 
     /// Changes the flags of the leaf that starts at `gpa`, keeping its
     /// address and every bit outside `NestedEntry::FLAG_MASK` (hardware-set
     /// accessed/dirty state among them).
-    pub fn protect(&mut self, gpa: GuestPhysAddr, flags: MappingFlags) -> NptResult<TlbFlush> {
+    ///
+    /// # Errors
+    ///
+    /// As [`NestedPageTable::unmap`] (but not `NoMemory`), and `BadFlags`.
+    pub fn protect(
+        &mut self,
+        gpa: GuestPhysAddr,
+        flags: MappingFlags,
+    ) -> Result<TlbFlush, ChangeError> {
         npt_entry::check_flags(flags)?;
         self.leaf_at(gpa)?.protect(flags)
     }
 
     /// Points the leaf that starts at `gpa` at `hpa` with `flags`, keeping
     /// its size.
+    ///
+    /// # Errors
+    ///
+    /// As [`NestedPageTable::protect`], and `HpaNotAligned` or
+    /// `HpaOutOfRange` for a host address the leaf cannot hold.
     pub fn remap(
         &mut self,
         gpa: GuestPhysAddr,
         hpa: HostPhysAddr,
         flags: MappingFlags,
-    ) -> NptResult<TlbFlush> {
+    ) -> Result<TlbFlush, ChangeError> {
         npt_entry::check_flags(flags)?;
         self.leaf_at(gpa)?.remap(hpa, flags)
     }
 
     /// The leaf starting exactly at `gpa`.
-    fn leaf_at(&mut self, gpa: GuestPhysAddr) -> NptResult<LeafEntry<'_, F, A>> {
+    fn leaf_at(&mut self, gpa: GuestPhysAddr) -> Result<LeafEntry<'_, F, A>, ChangeError> {
         let addr = gpa.as_usize();
-        Self::check_range(gpa, PageSize::Size4K.bytes(), PageSize::Size4K.bytes())?;
+        Self::check_page(gpa, PageSize::Size4K)?;
         match self.entry(gpa)? {
             Entry::Leaf(leaf) if leaf.gpa().as_usize() == addr => Ok(leaf),
-            Entry::Leaf(leaf) => Err(NptError::SizeMismatch {
+            Entry::Leaf(leaf) => Err(ChangeError::SizeMismatch {
                 gpa,
                 mapped: leaf.size(),
             }),
-            Entry::Vacant(_) => Err(NptError::NotMapped { gpa }),
+            Entry::Vacant(_) => Err(ChangeError::NotMapped { gpa }),
         }
     }
 }

@@ -18,7 +18,7 @@ use core::marker::PhantomData;
 
 use gpa_types::{GuestPhysAddr, HostPhysAddr};
 
-use crate::error::{NptError, NptResult};
+use crate::error::QueryError;
 use crate::table::Translation;
 
 use crate::flush::TlbFlush;
@@ -85,14 +85,18 @@ impl<E: NestedEntry> Slot<E> {
         }
     }
 
-    /// What the leaf maps at `gpa` ([`NptError::NotMapped`] when the walk
+    /// What the leaf maps at `gpa` ([`QueryError::NotMapped`] when the walk
     /// did not end at a leaf): the one body of `query`.
     #[inline(always)]
-    pub(crate) fn query(&self, gpa: GuestPhysAddr) -> NptResult<Translation> {
-        let (hpa, size) = self
-            .translate(gpa.as_usize())
-            .ok_or(NptError::NotMapped { gpa })?;
-        Ok(Translation {
+    pub(crate) fn query(&self, gpa: GuestPhysAddr) -> Result<Translation, QueryError> {
+        self.translation(gpa).ok_or(QueryError::NotMapped { gpa })
+    }
+
+    /// What the leaf maps at `gpa`, if the walk ended at a leaf.
+    #[inline(always)]
+    pub(crate) fn translation(&self, gpa: GuestPhysAddr) -> Option<Translation> {
+        let (hpa, size) = self.translate(gpa.as_usize())?;
+        Some(Translation {
             hpa: HostPhysAddr::from_usize(hpa),
             flags: self.entry.flags(),
             size,

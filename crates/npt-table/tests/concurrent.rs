@@ -110,7 +110,7 @@ fn failed_insert_changes_nothing<F: NptFormat>() {
             }
             Ok(Inserted::Present(_)) => panic!("{}: nothing was mapped", F::NAME),
             Err(e) => {
-                assert_eq!(e, npt_table::NptError::NoMemory);
+                assert_eq!(e, npt_table::MapError::NoMemory);
                 assert_eq!(before, (table.stats(), alloc.inner().live_frames()));
                 assert_eq!(table.translate(gpa), None);
             }

@@ -3,7 +3,10 @@
 
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
 use npt_entry::{GenericPTE, NptFormat, ept::Ept4, gstage::Sv39x4, stage2::Stage2};
-use npt_table::{FrameAllocator, HostFrameAllocator, MapPolicy, NestedPageTable, NptError};
+use npt_table::{
+    ChangeError, FrameAllocator, HostFrameAllocator, MapError, MapPolicy, NestedPageTable,
+    QueryError,
+};
 
 const K4: usize = 0x1000;
 const M2: usize = 0x20_0000;
@@ -51,7 +54,7 @@ fn has_leaf<F: NptFormat>(size: PageSize) -> bool {
     let mut t = NestedPageTable::<F, _>::new(&alloc).unwrap();
     let r = t.map(gpa(0), hpa(0), size, RW);
     assert!(
-        matches!(r, Err(NptError::UnsupportedPageSize(s)) if s == size),
+        matches!(r, Err(MapError::UnsupportedPageSize(s)) if s == size),
         "{}: {r:?}",
         F::NAME
     );
@@ -195,14 +198,14 @@ fn map_over_existing<F: NptFormat>() {
     for (g, len, policy) in attempts {
         let r = t.map_region(gpa(g), hpa(8 * G1 + g), len, RW, policy);
         assert!(
-            matches!(r, Err(NptError::AlreadyMapped { .. })),
+            matches!(r, Err(MapError::AlreadyMapped { .. })),
             "{} {g:#x}: {r:?}",
             F::NAME
         );
         assert_eq!((runs(&t), t.stats(), alloc.live_frames()), before);
     }
     let r = t.map(gpa(G1 + M2), hpa(0), PageSize::Size4K, RW);
-    assert_eq!(r, Err(NptError::AlreadyMapped { gpa: gpa(G1 + M2) }));
+    assert_eq!(r, Err(MapError::AlreadyMapped { gpa: gpa(G1 + M2) }));
 }
 
 fn past_width<F: NptFormat>() {
@@ -211,12 +214,12 @@ fn past_width<F: NptFormat>() {
     let limit = F::GPA_LIMIT as usize;
     let out = t.map(gpa(limit), hpa(0), PageSize::Size4K, RW);
     assert!(
-        matches!(out, Err(NptError::GpaOutOfRange { .. })),
+        matches!(out, Err(MapError::GpaOutOfRange { .. })),
         "{out:?}"
     );
     let straddle = t.map_region(gpa(limit - K4), hpa(0), 2 * K4, RW, MapPolicy::Only4K);
     assert!(
-        matches!(straddle, Err(NptError::GpaOutOfRange { .. })),
+        matches!(straddle, Err(MapError::GpaOutOfRange { .. })),
         "{straddle:?}"
     );
     let wrap = t.map_region(
@@ -227,12 +230,12 @@ fn past_width<F: NptFormat>() {
         MapPolicy::Only4K,
     );
     assert!(
-        matches!(wrap, Err(NptError::GpaOutOfRange { .. })),
+        matches!(wrap, Err(MapError::GpaOutOfRange { .. })),
         "{wrap:?}"
     );
     assert!(matches!(
         t.query(gpa(limit)),
-        Err(NptError::GpaOutOfRange { .. })
+        Err(QueryError::GpaOutOfRange { .. })
     ));
     // The last page inside the width works.
     t.map(gpa(limit - K4), hpa(0x5000), PageSize::Size4K, RW)
@@ -251,7 +254,7 @@ fn named_width_limits() {
         .unwrap_err();
     assert_eq!(
         e,
-        NptError::GpaOutOfRange {
+        MapError::GpaOutOfRange {
             gpa: gpa(1 << 41),
             gpa_bits: 41
         }
@@ -262,7 +265,7 @@ fn named_width_limits() {
         .unwrap_err();
     assert_eq!(
         e,
-        NptError::GpaOutOfRange {
+        MapError::GpaOutOfRange {
             gpa: gpa(1 << 40),
             gpa_bits: 40
         }
@@ -276,77 +279,80 @@ fn bad_arguments_are_typed_errors() {
     let p = MapPolicy::Huge;
     assert_eq!(
         t.map_region(gpa(0), hpa(0), 0, RW, p),
-        Err(NptError::ZeroLength)
+        Err(MapError::ZeroLength)
     );
     assert_eq!(
         t.map_region(gpa(0x10), hpa(0), K4, RW, p),
-        Err(NptError::GpaNotAligned {
+        Err(MapError::GpaNotAligned {
             value: 0x10,
             align: K4
         })
     );
     assert_eq!(
         t.map_region(gpa(0), hpa(0), 0x1800, RW, p),
-        Err(NptError::GpaNotAligned {
+        Err(MapError::GpaNotAligned {
             value: 0x1800,
             align: K4
         })
     );
     assert_eq!(
         t.map_region(gpa(0), hpa(0x10), K4, RW, p),
-        Err(NptError::HpaNotAligned {
+        Err(MapError::HpaNotAligned {
             hpa: hpa(0x10),
             align: K4
         })
     );
     assert_eq!(
         t.map_region(gpa(0), hpa((1 << 47) - K4), 2 * K4, RW, p),
-        Err(NptError::HpaOutOfRange {
+        Err(MapError::HpaOutOfRange {
             hpa: hpa((1 << 47) - K4),
             pa_bits: 47
         })
     );
     assert_eq!(
         t.map(gpa(M2), hpa(K4), PageSize::Size2M, RW),
-        Err(NptError::HpaNotAligned {
+        Err(MapError::HpaNotAligned {
             hpa: hpa(K4),
             align: M2
         })
     );
     assert_eq!(
         t.map(gpa(K4), hpa(0), PageSize::Size2M, RW),
-        Err(NptError::GpaNotAligned {
+        Err(MapError::GpaNotAligned {
             value: K4,
             align: M2
         })
     );
     assert_eq!(
         t.map(gpa(0), hpa(0), PageSize::Size512G, RW),
-        Err(NptError::UnsupportedPageSize(PageSize::Size512G))
+        Err(MapError::UnsupportedPageSize(PageSize::Size512G))
     );
     assert_eq!(
         t.map(gpa(0), hpa(0), PageSize::Size4K, MappingFlags::empty()),
-        Err(NptError::BadFlags(MappingFlags::empty()))
+        Err(MapError::BadFlags(MappingFlags::empty()))
     );
     assert_eq!(
         t.map(gpa(0), hpa(0), PageSize::Size4K, MappingFlags::WRITE),
-        Err(NptError::BadFlags(MappingFlags::WRITE))
+        Err(MapError::BadFlags(MappingFlags::WRITE))
     );
     assert_eq!(
         t.unmap_region(gpa(0), M2),
-        Err(NptError::NotMapped { gpa: gpa(0) })
+        Err(ChangeError::NotMapped { gpa: gpa(0) })
     );
     assert_eq!(
         t.protect_region(gpa(0), M2, R),
-        Err(NptError::NotMapped { gpa: gpa(0) })
+        Err(ChangeError::NotMapped { gpa: gpa(0) })
     );
-    assert!(matches!(t.unmap(gpa(0)), Err(NptError::NotMapped { .. })));
+    assert!(matches!(
+        t.unmap(gpa(0)),
+        Err(ChangeError::NotMapped { .. })
+    ));
     t.map(gpa(M2), hpa(M2), PageSize::Size2M, RW)
         .unwrap()
         .ignore();
     assert_eq!(
         t.unmap(gpa(M2 + K4)).unwrap_err(),
-        NptError::SizeMismatch {
+        ChangeError::SizeMismatch {
             gpa: gpa(M2 + K4),
             mapped: PageSize::Size2M
         }
@@ -488,7 +494,7 @@ fn harvest_collects_and_clears_dirty_bits() {
     // Too small a bitmap is refused, naming the words it needs.
     assert_eq!(
         t.harvest(gpa(0), 65 * K4, AccessBit::Dirty, &mut [0u64; 1]),
-        Err(NptError::FrameCount {
+        Err(ChangeError::FrameCount {
             expected: 2,
             given: 1
         })
@@ -553,7 +559,7 @@ fn map_chunks_maps_mixed_sizes_back_to_back() {
     let before = runs(&t);
     assert!(matches!(
         t.map_chunks(gpa(2 * G1), &bad, RW),
-        Err(NptError::GpaNotAligned { .. })
+        Err(MapError::GpaNotAligned { .. })
     ));
     assert_eq!(runs(&t), before);
 }

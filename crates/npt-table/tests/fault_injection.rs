@@ -5,8 +5,8 @@
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
 use npt_entry::NptFormat;
 use npt_table::{
-    FailingAllocator, FrameAllocator, HostFrameAllocator, MapPolicy, NestedPageTable, NptError,
-    TableStats,
+    FailingAllocator, FrameAllocator, FrameError, HostFrameAllocator, MapPolicy, NestedPageTable,
+    NptError, TableStats,
 };
 
 const K4: usize = 0x1000;
@@ -133,6 +133,7 @@ fn all_ops<F: NptFormat>() {
                 MapPolicy::Only4K,
             )
             .map(|f| f.ignore())
+            .map_err(NptError::from)
         }),
         ("map with huge leaves and small edges", |t| {
             t.map_region(
@@ -143,6 +144,7 @@ fn all_ops<F: NptFormat>() {
                 MapPolicy::Huge,
             )
             .map(|f| f.ignore())
+            .map_err(NptError::from)
         }),
         ("map frames", |t| {
             let frames: Vec<HostPhysAddr> = (0..600)
@@ -150,10 +152,12 @@ fn all_ops<F: NptFormat>() {
                 .collect();
             t.map_frames((3 * u::<F>() + M2).into(), &frames, RW)
                 .map(|f| f.ignore())
+                .map_err(NptError::from)
         }),
         ("unmap the middle of a 1G leaf", |t| {
             t.unmap_region((u::<F>() + u::<F>() / 2 + K4).into(), M2)
                 .map(|f| f.ignore())
+                .map_err(NptError::from)
         }),
         ("protect both edges of a 1G and a 2M leaf", |t| {
             t.protect_region(
@@ -162,10 +166,12 @@ fn all_ops<F: NptFormat>() {
                 MappingFlags::READ,
             )
             .map(|f| f.ignore())
+            .map_err(NptError::from)
         }),
         ("unmap inside a 2M leaf", |t| {
             t.unmap_region((2 * u::<F>() + K4).into(), K4)
                 .map(|f| f.ignore())
+                .map_err(NptError::from)
         }),
         ("map one 4K page under tables that do not exist yet", |t| {
             t.map(
@@ -175,6 +181,7 @@ fn all_ops<F: NptFormat>() {
                 RW,
             )
             .map(|f| f.ignore())
+            .map_err(NptError::from)
         }),
     ];
     for (name, op) in ops {
@@ -188,7 +195,7 @@ fn root_allocation_failure_is_no_memory() {
     alloc.fail_from(1);
     assert_eq!(
         Table::<npt_entry::gstage::Sv39x4>::new(&alloc).unwrap_err(),
-        NptError::NoMemory
+        FrameError::NoMemory
     );
     assert_eq!(alloc.inner().live_frames(), 0);
 }

@@ -9,7 +9,8 @@
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
 use npt_entry::NptFormat;
 use npt_table::{
-    AccessBit, HighAllocator, HostFrameAllocator, MapPolicy, NestedPageTable, NptError, mmu,
+    AccessBit, FrameError, HighAllocator, HostFrameAllocator, MapPolicy, NestedPageTable, NptError,
+    QueryError, mmu,
 };
 
 const K4: usize = 0x1000;
@@ -31,7 +32,7 @@ fn table_frames_past_the_width_are_refused<F: NptFormat>() {
     high.raise();
     let root = NestedPageTable::<F, _>::new(&high).map(|_| ());
     assert!(
-        matches!(root, Err(NptError::TableFrameOutOfRange { pa_bits, .. }) if pa_bits == F::PA_BITS),
+        matches!(root, Err(FrameError::TableFrameOutOfRange { pa_bits, .. }) if pa_bits == F::PA_BITS),
         "{}: {root:?}",
         F::NAME
     );
@@ -50,21 +51,21 @@ fn table_frames_past_the_width_are_refused<F: NptFormat>() {
     high.raise();
     let refused = |e: NptError| matches!(e, NptError::TableFrameOutOfRange { pa_bits, .. } if pa_bits == F::PA_BITS);
     let e = t.map(gpa(g), h, PageSize::Size4K, RW).unwrap_err();
-    assert!(refused(e), "{}: map {e:?}", F::NAME);
+    assert!(refused(e.into()), "{}: map {e:?}", F::NAME);
     let e = t
         .map_region(gpa(g), h, 2 * K4, RW, MapPolicy::Only4K)
         .unwrap_err();
-    assert!(refused(e), "{}: map_region {e:?}", F::NAME);
+    assert!(refused(e.into()), "{}: map_region {e:?}", F::NAME);
     // Splitting the 2 MiB leaf needs a table frame too.
     let e = t.unmap_region(gpa(g + M2), K4).unwrap_err();
-    assert!(refused(e), "{}: split {e:?}", F::NAME);
+    assert!(refused(e.into()), "{}: split {e:?}", F::NAME);
     let e = t.split_region(gpa(g + M2), M2).unwrap_err();
-    assert!(refused(e), "{}: split_region {e:?}", F::NAME);
+    assert!(refused(e.into()), "{}: split_region {e:?}", F::NAME);
     assert_eq!(t.stats(), stats, "{}", F::NAME);
     assert_eq!(host.live_frames(), live, "{}", F::NAME);
     assert_eq!(
         t.query(gpa(g)).unwrap_err(),
-        NptError::NotMapped { gpa: gpa(g) }
+        QueryError::NotMapped { gpa: gpa(g) }
     );
     assert_eq!(t.query(gpa(g + M2 + K4)).unwrap().size, PageSize::Size2M);
     drop(t);
@@ -81,7 +82,7 @@ fn table_frames_past_the_tables_own_width_are_refused() {
     high.raise();
     let t = NestedPageTable::<npt_entry::ept::Ept4, _>::with_pa_bits(&high, 32).map(|_| ());
     assert!(
-        matches!(t, Err(NptError::TableFrameOutOfRange { pa_bits: 32, .. })),
+        matches!(t, Err(FrameError::TableFrameOutOfRange { pa_bits: 32, .. })),
         "{t:?}"
     );
     assert_eq!(host.live_frames(), 0);

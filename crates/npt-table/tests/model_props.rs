@@ -6,7 +6,7 @@
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
 use npt_entry::{GenericPTE, NptFormat};
 use npt_table::model::PageModel;
-use npt_table::{HostFrameAllocator, MapPolicy, MappedRun, NestedPageTable, NptError};
+use npt_table::{ChangeError, HostFrameAllocator, MapError, MapPolicy, MappedRun, NestedPageTable};
 use proptest::prelude::*;
 
 const K4: usize = 0x1000;
@@ -144,7 +144,7 @@ fn run_ops<F: NptFormat>(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     };
                     let r = t.map_region(gpa.into(), hpa.into(), len, flag_set(flags), policy);
                     if model.any_mapped(gpa, len) {
-                        prop_assert!(matches!(r, Err(NptError::AlreadyMapped { .. })), "{r:?}");
+                        prop_assert!(matches!(r, Err(MapError::AlreadyMapped { .. })), "{r:?}");
                     } else {
                         prop_assert!(r.is_ok(), "{r:?}");
                         if let Ok(f) = r {
@@ -160,7 +160,7 @@ fn run_ops<F: NptFormat>(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         .collect();
                     let r = t.map_frames(gpa.into(), &frames, flag_set(flags));
                     if model.any_mapped(gpa, pages * K4) {
-                        prop_assert!(matches!(r, Err(NptError::AlreadyMapped { .. })), "{r:?}");
+                        prop_assert!(matches!(r, Err(MapError::AlreadyMapped { .. })), "{r:?}");
                     } else {
                         prop_assert!(r.is_ok(), "{r:?}");
                         if let Ok(f) = r {
@@ -174,7 +174,7 @@ fn run_ops<F: NptFormat>(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 Op::Unmap { gpa, len } => {
                     let r = t.unmap_region(gpa.into(), len);
                     if model.unmap(gpa, len) == 0 {
-                        prop_assert!(matches!(r, Err(NptError::NotMapped { .. })), "{r:?}");
+                        prop_assert!(matches!(r, Err(ChangeError::NotMapped { .. })), "{r:?}");
                     } else {
                         prop_assert!(r.is_ok(), "{r:?}");
                         if let Ok(f) = r {
@@ -186,7 +186,7 @@ fn run_ops<F: NptFormat>(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 Op::Protect { gpa, len, flags } => {
                     let r = t.protect_region(gpa.into(), len, flag_set(flags));
                     if model.protect(gpa, len, norm(flags)) == 0 {
-                        prop_assert!(matches!(r, Err(NptError::NotMapped { .. })), "{r:?}");
+                        prop_assert!(matches!(r, Err(ChangeError::NotMapped { .. })), "{r:?}");
                     } else {
                         prop_assert!(r.is_ok(), "{r:?}");
                         if let Ok(f) = r {

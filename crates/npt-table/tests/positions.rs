@@ -3,7 +3,8 @@
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
 use npt_entry::NptFormat;
 use npt_table::{
-    Entry, FailingAllocator, HostFrameAllocator, MapPolicy, MappedRun, NestedPageTable, NptError,
+    Entry, FailingAllocator, HostFrameAllocator, MapError, MapPolicy, MappedRun, NestedPageTable,
+    QueryError,
 };
 
 const K4: usize = 0x1000;
@@ -59,7 +60,7 @@ fn entry_round_trip<F: NptFormat>() {
     );
     assert!(matches!(
         t.entry(gpa(F::GPA_LIMIT as usize)),
-        Err(NptError::GpaOutOfRange { .. })
+        Err(QueryError::GpaOutOfRange { .. })
     ));
     drop(t);
     assert_eq!(alloc.live_frames(), 0);
@@ -76,7 +77,7 @@ fn insert_new_gives_the_frame_back<F: NptFormat>() {
         panic!()
     };
     let e = v.insert_new(RW, npt_table::FrameAllocator::alloc_frame);
-    assert_eq!(e.map(|_| ()), Err(NptError::NoMemory), "{}", F::NAME);
+    assert_eq!(e.map(|_| ()), Err(MapError::NoMemory), "{}", F::NAME);
     assert_eq!(alloc.inner().live_frames(), F::ROOT_FRAMES, "{}", F::NAME);
     alloc.heal();
     let Entry::Vacant(v) = t.entry(gpa(g)).unwrap() else {
