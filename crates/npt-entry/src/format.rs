@@ -195,6 +195,10 @@ pub trait NestedEntry: GenericPTE + PartialEq + Eq + 'static {
     /// `kind(false) == EntryKind::Table`. A walk asks only this at every
     /// level it passes through; formats override it with one mask and one
     /// compare, so the hot loop of a translation takes one branch per level.
+    ///
+    /// Every format keeps a second rule with it: above the last level, an
+    /// entry that is not a table is a leaf exactly when it is present
+    /// (`is_present`), so a walk that stops early needs no other test.
     #[inline]
     fn is_table(&self) -> bool {
         self.kind(false) == EntryKind::Table

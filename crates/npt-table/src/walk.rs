@@ -322,7 +322,22 @@ impl<'a, F: NptFormat, A: FrameAllocator> Tree<'a, F, A> {
                 mask = npt_entry::ENTRIES_PER_TABLE - 1;
                 continue;
             }
-            let step = self.step_at(entry.kind(is_last_shift(shift)), entry, shift);
+            // Stopped above the last level and above `until`, the entry
+            // is not a table, so present means a leaf (the `is_table` law
+            // of `npt_entry`): the same one test as at the last level for
+            // every x86 format, so the two stops share one cheap tail.
+            let kind = if is_last_shift(shift) {
+                entry.kind(true)
+            } else if shift > stop {
+                if entry.is_present() {
+                    EntryKind::Leaf
+                } else {
+                    EntryKind::Empty
+                }
+            } else {
+                entry.kind(false)
+            };
+            let step = self.step_at(kind, entry, shift);
             return Slot {
                 table,
                 level,
