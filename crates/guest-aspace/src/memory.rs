@@ -29,22 +29,26 @@ enum Purpose {
 impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// Checks that every byte of `[gpa, gpa + len)` is host-accessible for
     /// `purpose`; returns the start of each lazy page not yet populated
-    /// through `missing`.
+    /// through `missing`, and whether any region the range touches logs
+    /// dirty pages (which cannot change before the access ends: starting
+    /// or stopping a log takes the space exclusively).
     fn check_access(
         &self,
         gpa: usize,
         len: usize,
         purpose: Purpose,
         mut missing: impl FnMut(usize),
-    ) -> AspaceResult<()> {
+    ) -> AspaceResult<bool> {
         let end = gpa
             .checked_add(len)
             .ok_or(AspaceError::NotRam { gpa: gpa.into() })?;
         let mut pos = gpa;
+        let mut logged = false;
         while pos < end {
             let region = self
                 .region_at(pos)
                 .ok_or(AspaceError::NotRam { gpa: pos.into() })?;
+            logged |= region.dirty.is_some();
             let ok = match region.backing {
                 Backing::Alloc { .. } | Backing::AllocIdentical => true,
                 Backing::Rom => purpose != Purpose::Write,
@@ -62,7 +66,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             }
             pos = region_end;
         }
-        Ok(())
+        Ok(logged)
     }
 
     /// Calls `f` for every 4 KiB page of `[lo, hi)` (page aligned, inside
@@ -78,35 +82,32 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         (pos..hi).step_by(PAGE).for_each(f);
     }
 
-    /// Copies between guest memory and `buf` leaf by leaf, in one pass over
-    /// the leaves (each walked from the previous one's table). The range
-    /// has been checked; unpopulated lazy pages read as zeros.
+    /// Copies between guest memory and `buf` leaf by leaf: `f(offset,
+    /// host, n)` for each piece, `host` `None` for an unpopulated lazy page
+    /// (reads give zeros). The range has been checked.
+    ///
+    /// Each leaf is one lean point walk (`translate_leaf`), not a step of
+    /// the run-merging `mappings` iterator: a copy needs only the host
+    /// address and the extent of each leaf, and the iterator's path
+    /// bookkeeping and flag decoding cost more than the walks they save
+    /// (4 KiB across two leaves, read plus write: 92 ns against 127 ns).
     fn copy(&self, gpa: usize, len: usize, mut f: impl FnMut(usize, Option<*mut u8>, usize)) {
-        if len == 0 {
-            return;
-        }
         let alloc = self.table.allocator();
-        let end = gpa + len;
-        let lo = gpa & !(PAGE - 1);
-        let hi = end.next_multiple_of(PAGE);
+        let end = gpa.saturating_add(len);
         let mut pos = gpa;
-        if let Ok(leaves) = self.table.mappings(lo.into(), hi - lo) {
-            for leaf in leaves.per_leaf() {
-                let start = leaf.gpa.as_usize().max(gpa);
-                let stop = (leaf.gpa.as_usize() + leaf.len).min(end);
-                if start >= stop {
-                    continue;
+        while pos < end {
+            // One walk per leaf: a huge leaf is one step however much of it
+            // the access covers. An unmapped page (lazy RAM not yet
+            // populated) is one page of `None`.
+            let (host, stop) = match self.table.translate_leaf(pos.into()) {
+                Some((hpa, size)) => {
+                    let stop = (size.align_down(pos) + size.bytes()).min(end);
+                    (Some(alloc.phys_to_virt(hpa)), stop)
                 }
-                if pos < start {
-                    f(pos - gpa, None, start - pos);
-                }
-                let hpa = leaf.hpa + (start - leaf.gpa.as_usize());
-                f(start - gpa, Some(alloc.phys_to_virt(hpa)), stop - start);
-                pos = stop;
-            }
-        }
-        if pos < end {
-            f(pos - gpa, None, end - pos);
+                None => (None, ((pos & !(PAGE - 1)) + PAGE).min(end)),
+            };
+            f(pos - gpa, host, stop - pos);
+            pos = stop;
         }
     }
 
@@ -201,7 +202,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         // before anything is populated.
         let mut missing = alloc::vec::Vec::new();
         let mut refused = false;
-        self.check_access(gpa.as_usize(), data.len(), purpose, |p| {
+        let logged = self.check_access(gpa.as_usize(), data.len(), purpose, |p| {
             if missing.try_reserve(1).is_ok() {
                 missing.push(p);
             } else {
@@ -226,7 +227,9 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 unsafe { core::ptr::copy_nonoverlapping(src.add(off), dst, n) }
             }
         });
-        self.mark_host_write(gpa.as_usize(), data.len());
+        if logged {
+            self.mark_host_write(gpa.as_usize(), data.len());
+        }
         Ok(())
     }
 }
