@@ -3,7 +3,7 @@
 
 use gpa_types::{GuestPhysAddr, MappingFlags, PageSize};
 use npt_entry::NptFormat;
-use npt_table::{FrameAllocator, Inserted, NptError, TlbFlush};
+use npt_table::{FrameAllocator, Inserted, NewLeaf, NptError, TlbFlush};
 
 use crate::error::{AspaceError, AspaceResult};
 use crate::region::{Backing, Region, RegionKind};
@@ -186,7 +186,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         }
         Ok(FaultOutcome::Fixed(
             match self.fill(region, page, write)? {
-                Filled::New(flush) => flush,
+                Filled::New(leaf) => leaf.flush(),
                 // Another vCPU populated it since the walk above (or it is a
                 // stale TLB entry): while logging, it may have mapped it
                 // read-only.
@@ -220,7 +220,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             .region_at(page)
             .ok_or(AspaceError::NoRegion { gpa: page.into() })?;
         match self.fill(region, page, dirty)? {
-            Filled::New(flush) => Ok(flush),
+            Filled::New(leaf) => Ok(leaf.flush()),
             Filled::Present => Ok(TlbFlush::none()),
         }
     }
@@ -254,13 +254,13 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 Some(hpa)
             })?;
         match inserted {
-            Inserted::New { flush, .. } => {
+            Inserted::New(leaf) => {
                 self.counters.add(Count::Populated, page);
                 if let (Some(log), true) = (log, dirty) {
                     // Mapped (writable) first, marked after: see `DirtyLog`.
                     log.mark((page - region.start) / PAGE);
                 }
-                Ok(Filled::New(flush))
+                Ok(Filled::New(leaf))
             }
             Inserted::Present(_) => Ok(Filled::Present),
         }
@@ -269,8 +269,9 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
 
 /// What filling a lazy page found.
 enum Filled {
-    /// This call mapped it.
-    New(TlbFlush),
+    /// This call mapped it (the record is built when the fault returns:
+    /// see `NewLeaf::flush`).
+    New(NewLeaf),
     /// A leaf mapped it already.
     Present,
 }

@@ -96,6 +96,24 @@ impl TlbFlush {
         }
     }
 
+    /// The one 4 KiB page at `page` (4 KiB aligned), built in one
+    /// expression (see [`crate::NewLeaf::flush`]).
+    #[inline]
+    pub(crate) const fn page(page: usize) -> Self {
+        let mut starts = [0; FLUSH_RANGES];
+        starts[0] = page;
+        let mut lens = [0; FLUSH_RANGES];
+        lens[0] = 1;
+        Self {
+            starts,
+            lens,
+            len: 1,
+            all: false,
+            retired_lo: 0,
+            retired_hi: 0,
+        }
+    }
+
     /// Everything must be flushed.
     pub const fn all() -> Self {
         let mut f = Self::none();

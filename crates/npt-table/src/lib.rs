@@ -93,7 +93,7 @@ mod table;
 mod walk;
 
 pub use collapse::Collapsed;
-pub use concurrent::Inserted;
+pub use concurrent::{Inserted, NewLeaf};
 pub use cursor::Cursor;
 pub use entry::{Entry, LeafEntry, Mappings, VacantEntry};
 pub use error::{

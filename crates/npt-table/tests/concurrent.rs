@@ -8,7 +8,9 @@ use std::sync::Mutex;
 
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags, PageSize};
 use npt_entry::NptFormat;
-use npt_table::{FailingAllocator, FrameAllocator, HostFrameAllocator, Inserted, NestedPageTable};
+use npt_table::{
+    FailingAllocator, FrameAllocator, HostFrameAllocator, Inserted, NestedPageTable, TlbFlush,
+};
 
 const THREADS: usize = 4;
 /// Pages each thread faults, drawn from a small set so threads collide.
@@ -54,9 +56,13 @@ fn racing_inserts<F: NptFormat>() {
                         })
                         .unwrap();
                     match out {
-                        Inserted::New { hpa, flush } => {
-                            flush.ignore();
-                            let old = winners.lock().unwrap().insert(gpa, hpa);
+                        Inserted::New(leaf) => {
+                            assert_eq!(leaf.page.as_usize(), gpa);
+                            let mut one = TlbFlush::none();
+                            one.add(gpa, 4096);
+                            assert_eq!(leaf.flush(), one, "the record names the page");
+                            one.ignore();
+                            let old = winners.lock().unwrap().insert(gpa, leaf.hpa);
                             assert_eq!(old, None, "two frames mapped at {gpa:#x}");
                         }
                         Inserted::Present(t) => {
@@ -100,11 +106,11 @@ fn failed_insert_changes_nothing<F: NptFormat>() {
         let out = table.insert_new_concurrent(gpa, rw(), |a| a.alloc_frame());
         alloc.heal();
         match out {
-            Ok(Inserted::New { hpa, flush }) => {
-                flush.ignore();
+            Ok(Inserted::New(leaf)) => {
+                leaf.flush().ignore();
                 assert_eq!(n, F::LEVELS + 1, "{}", F::NAME);
                 drop(table);
-                alloc.dealloc_frames(hpa, 1);
+                alloc.dealloc_frames(leaf.hpa, 1);
                 assert_eq!(alloc.inner().live_frames(), 0);
                 return;
             }
