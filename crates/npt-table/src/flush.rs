@@ -96,14 +96,28 @@ impl TlbFlush {
         }
     }
 
-    /// The one 4 KiB page at `page` (4 KiB aligned), built in one
-    /// expression (see [`crate::NewLeaf::flush`]).
+    /// The record of one change to `[gpa, gpa + size)`: what `none()` then
+    /// `add(gpa, size)` give, built in one expression (see
+    /// [`crate::NewLeaf::flush`] for why that matters right after zeroing).
     #[inline]
-    pub(crate) const fn page(page: usize) -> Self {
+    pub(crate) fn one(gpa: usize, size: usize) -> Self {
+        if size == 0 {
+            return Self::none();
+        }
+        let start = gpa & !((1 << PAGE_SHIFT) - 1);
+        let pages = gpa
+            .checked_add(size)
+            .and_then(|e| e.checked_next_multiple_of(1 << PAGE_SHIFT))
+            .map(|end| end - start)
+            .filter(|&bytes| bytes <= Self::FULL_THRESHOLD)
+            .and_then(|bytes| u16::try_from(bytes >> PAGE_SHIFT).ok());
+        let Some(pages) = pages else {
+            return Self::all();
+        };
         let mut starts = [0; FLUSH_RANGES];
-        starts[0] = page;
+        starts[0] = start;
         let mut lens = [0; FLUSH_RANGES];
-        lens[0] = 1;
+        lens[0] = pages;
         Self {
             starts,
             lens,
@@ -355,6 +369,31 @@ impl core::fmt::Debug for TlbFlush {
 mod tests {
     use super::*;
     use std::vec::Vec;
+
+    /// `one` builds what `none` then `add` build, at the edges too: empty,
+    /// unaligned, at the threshold and past it, wrapping.
+    #[test]
+    fn one_is_none_then_add() {
+        let t = TlbFlush::FULL_THRESHOLD;
+        let cases = [
+            (0, 0),
+            (0x1000, 0x1000),
+            (0x1234, 0x10),
+            (0x1fff, 2),
+            (0x4000_0000, t),
+            (0x4000_0000, t + 1),
+            (0x4000_0800, t),
+            (usize::MAX - 0xfff, 0x1000),
+            (usize::MAX - 0x800, 0x1000),
+            (usize::MAX, 1),
+        ];
+        for (gpa, size) in cases {
+            let mut added = TlbFlush::none();
+            added.add(gpa, size);
+            assert_eq!(TlbFlush::one(gpa, size), added, "{gpa:#x} + {size:#x}");
+            added.ignore();
+        }
+    }
 
     #[test]
     fn display_and_debug_are_hex() {

@@ -288,11 +288,9 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
     ) -> Result<TlbFlush, MapError> {
         let needed = self.plan_map(Self::runs(start, end, src, max))?;
         let mut stash = self.take_stash(needed)?;
-        let mut flush = TlbFlush::none();
         self.write_map(Self::runs(start, end, src, max), src, flags, &mut stash);
         stash.give_back(&self.alloc);
-        flush.add(start, end - start);
-        Ok(flush)
+        Ok(TlbFlush::one(start, end - start))
     }
 
     /// Read-only pass: fails if anything in the runs is mapped, else counts
