@@ -186,7 +186,14 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// bytes land in it; while dirty logging, the pages are marked after
     /// the bytes are copied. Writes to the same bytes from several threads
     /// at once race as they would on the guest's own memory: the bytes are
-    /// some mix of the writers'.
+    /// some mix of the writers', and a read that overlaps them sees some
+    /// mix of old and new. The copies are plain copies, as every access to
+    /// memory a running guest shares must be; in Rust's memory model two
+    /// host threads touching the same bytes at once, one of them writing,
+    /// is a data race (Miri reports it), so callers order such accesses
+    /// themselves, as a device model does through its queues. The space's
+    /// own state (tables, frames, dirty log) is synchronized whatever the
+    /// bytes do.
     pub fn write(&self, gpa: GuestPhysAddr, data: &[u8]) -> AspaceResult<()> {
         self.write_as(gpa, data, Purpose::Write)
     }
