@@ -68,8 +68,8 @@ pub(crate) struct Slot<E> {
     pub(crate) idx: usize,
     pub(crate) entry: E,
     pub(crate) step: Step<E>,
-    /// The shift of the slot's level: the offset bits of a leaf there.
-    pub(crate) shift: u32,
+    /// The offset bits of a leaf at the slot's level (`(1 << shift) - 1`).
+    pub(crate) offset_mask: usize,
 }
 
 impl<E: NestedEntry> Slot<E> {
@@ -79,7 +79,7 @@ impl<E: NestedEntry> Slot<E> {
         match self.step {
             Step::Leaf(_) => {
                 let base: usize = self.entry.paddr().into();
-                Some(base + (gpa & ((1 << self.shift) - 1)))
+                Some(base + (gpa & self.offset_mask))
             }
             _ => None,
         }
@@ -300,11 +300,14 @@ impl<'a, F: NptFormat, A: FrameAllocator> Tree<'a, F, A> {
         until: usize,
         rec: &mut R,
     ) -> Slot<F::Entry> {
-        // Only the shift and index mask move per step: `shift > stop` is a
-        // level above `until`.
+        // Only the shift and the index and offset masks move per step:
+        // `shift > stop` is a level above `until`. The offset mask rides
+        // along (rather than being made from the shift at the end) so that
+        // each level of an unrolled walk hands the tail a constant.
         let stop = F::shift(until);
         let mut shift = F::shift(level);
         let mut mask = F::entries(level) - 1;
+        let mut offset_mask = (1usize << shift) - 1;
         // At most one step per level from `level` to `until`: a trip count
         // the compiler knows when both are constants (the cursor's walk
         // from its directory, a translation from the root), so it unrolls.
@@ -319,6 +322,7 @@ impl<'a, F: NptFormat, A: FrameAllocator> Tree<'a, F, A> {
                 table = self.child(entry);
                 level += 1;
                 shift -= npt_entry::BITS_PER_LEVEL;
+                offset_mask >>= npt_entry::BITS_PER_LEVEL;
                 mask = npt_entry::ENTRIES_PER_TABLE - 1;
                 continue;
             }
@@ -344,7 +348,7 @@ impl<'a, F: NptFormat, A: FrameAllocator> Tree<'a, F, A> {
                 idx,
                 entry,
                 step,
-                shift,
+                offset_mask,
             };
         }
         // Not reached: the step at `until` always returns. An empty slot
@@ -355,7 +359,7 @@ impl<'a, F: NptFormat, A: FrameAllocator> Tree<'a, F, A> {
             idx: 0,
             entry: F::Entry::from_raw(0),
             step: Step::Empty,
-            shift,
+            offset_mask,
         }
     }
 
