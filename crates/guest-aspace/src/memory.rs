@@ -90,7 +90,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// the run-merging `mappings` iterator: a copy needs only the host
     /// address and the extent of each leaf, and the iterator's path
     /// bookkeeping and flag decoding cost more than the walks they save
-    /// (4 KiB across two leaves, read plus write: 92 ns against 127 ns).
+    /// (the `guest_copy_4k` group of `benches/aspace.rs`, in the README).
     fn copy(&self, gpa: usize, len: usize, mut f: impl FnMut(usize, Option<*mut u8>, usize)) {
         let alloc = self.table.allocator();
         let end = gpa.saturating_add(len);

@@ -67,8 +67,8 @@ impl NewLeaf {
     /// at the end, so the 104-byte record is assembled where it is
     /// returned. Carried up from the insert, it was written field by field
     /// right after the new frame was zeroed and then copied with wide
-    /// loads, which wait for every queued store of the zeroing; that cost
-    /// a fault about 40 ns, more than its walk.
+    /// loads, which wait for every queued store of the zeroing (the
+    /// `fault_in_4k` group of `benches/aspace.rs`; see the README).
     #[inline]
     pub fn flush(self) -> TlbFlush {
         TlbFlush::one(self.page.as_usize(), PageSize::Size4K.bytes())
