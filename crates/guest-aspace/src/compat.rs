@@ -4,8 +4,9 @@
 
 use gpa_types::{GuestPhysAddr, HostPhysAddr, MappingFlags};
 use npt_entry::NptFormat;
-use npt_table::{ChangeError, FrameAllocator, TlbFlush};
+use npt_table::{FrameAllocator, TlbFlush};
 
+use crate::dirty::allow_not_mapped;
 use crate::error::{AspaceError, AspaceResult};
 use crate::region::Backing;
 use crate::shared::SharedAddrSpace;
@@ -56,12 +57,8 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             flags
         };
         // The table first: the only step that can fail, all or nothing.
-        let flush = match self.table.protect_region(gpa, len, flags) {
-            Ok(f) => f,
-            // Nothing populated yet (lazy RAM, emulated MMIO).
-            Err(ChangeError::NotMapped { .. }) => TlbFlush::none(),
-            Err(e) => return Err(e.into()),
-        };
+        // Nothing populated yet (lazy RAM, emulated MMIO) is no error.
+        let flush = allow_not_mapped(self.table.protect_region(gpa, len, flags))?;
         // Then the records, which cannot fail.
         self.split_region_at(start);
         self.split_region_at(end);

@@ -20,7 +20,9 @@ use crate::space::GuestAddrSpace;
 
 const PAGE: usize = PageSize::Size4K.bytes();
 
-fn allow_not_mapped(r: Result<TlbFlush, ChangeError>) -> AspaceResult<TlbFlush> {
+/// A change that found nothing mapped (lazy RAM not yet populated,
+/// emulated MMIO) is no error here: nothing to flush.
+pub(crate) fn allow_not_mapped(r: Result<TlbFlush, ChangeError>) -> AspaceResult<TlbFlush> {
     match r {
         Ok(f) => Ok(f),
         Err(ChangeError::NotMapped { .. }) => Ok(TlbFlush::none()),

@@ -5,8 +5,9 @@ use alloc::vec::Vec;
 
 use gpa_types::{GuestPhysAddr, GuestPhysAddrRange, HostPhysAddr, MappingFlags, PageSize};
 use npt_entry::NptFormat;
-use npt_table::{ChangeError, FrameAllocator, MapPolicy, NestedPageTable, TableStats, TlbFlush};
+use npt_table::{FrameAllocator, MapPolicy, NestedPageTable, TableStats, TlbFlush};
 
+use crate::dirty::allow_not_mapped;
 use crate::error::{AspaceError, AspaceResult};
 use crate::region::{Backing, Chunk, Region, RegionInfo, RegionKind};
 use crate::stats::{Counters, SpaceStats};
@@ -861,11 +862,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         owned: usize,
     ) -> AspaceResult<TlbFlush> {
         self.table.reserve_parking(owned)?;
-        match self.table.unmap_region(gpa, len) {
-            Ok(f) => Ok(f),
-            Err(ChangeError::NotMapped { .. }) => Ok(TlbFlush::none()),
-            Err(e) => Err(e.into()),
-        }
+        allow_not_mapped(self.table.unmap_region(gpa, len))
     }
 
     /// Parks owned allocations under `flush` (room reserved by

@@ -409,11 +409,7 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         if let Some(e) = refused {
             return Err(e.into());
         }
-        Ok(changed.then(|| {
-            let mut flush = TlbFlush::none();
-            flush.add(size.align_down(gpa.as_usize()), size.bytes());
-            flush
-        }))
+        Ok(changed.then(|| TlbFlush::one(size.align_down(gpa.as_usize()), size.bytes())))
     }
 
     /// Removes write permission from every leaf in `[gpa, gpa + len)` with

@@ -335,8 +335,6 @@ impl core::fmt::Display for TlbFlush {
     }
 }
 
-/// Ranges in hex as `start..end`, not the packed arrays:
-/// `TlbFlush { all: false, ranges: [0x1000..0x3000], tickets: None }`.
 /// Records are equal when they ask for the same flush and park the same
 /// tickets: two "everything" records are equal whatever range slots they
 /// filled before they gave up on ranges.
@@ -350,6 +348,8 @@ impl PartialEq for TlbFlush {
 
 impl Eq for TlbFlush {}
 
+/// Ranges in hex as `start..end`, not the packed arrays:
+/// `TlbFlush { all: false, ranges: [0x1000..0x3000], tickets: None }`.
 impl core::fmt::Debug for TlbFlush {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         struct Ranges<'a>(&'a TlbFlush);
