@@ -36,7 +36,7 @@ use crate::flush::TlbFlush;
 use crate::frames::FrameAllocator;
 use crate::raw::TableRef;
 use crate::table::{NestedPageTable, Stash, Translation};
-use crate::walk::{Step, Tree, entry_span};
+use crate::walk::{Slot, Step, Tree, entry_span};
 
 /// What [`NestedPageTable::insert_new_concurrent`] did.
 #[derive(Debug)]
@@ -249,6 +249,25 @@ impl<F: NptFormat, A: FrameAllocator> Grow for Tree<'_, F, A> {
     }
 }
 
+/// No frames: the walk found every table the insert needs.
+///
+/// Tables are never unlinked under `&self`, so a descent that starts with
+/// none spare never meets an empty table slot; if it did, it would end
+/// with [`End::NoFrame`], refused as out of memory.
+struct NoSpare;
+
+impl Spare for NoSpare {
+    #[inline(always)]
+    fn take(&mut self) -> Option<usize> {
+        None
+    }
+
+    #[inline(always)]
+    fn keep(&mut self, _: usize) {
+        // Only a frame `take` gave can lose a race, and it gives none.
+    }
+}
+
 impl Spare for Stash {
     fn take(&mut self) -> Option<usize> {
         self.take_one().map(HostPhysAddr::as_usize)
@@ -317,22 +336,45 @@ impl<F: NptFormat, A: FrameAllocator> NestedPageTable<F, A> {
         }
         // Tables are never unlinked under `&self`, so the walk can only
         // find more of them from here: what it lacks now is the most it
-        // will need.
-        let mut stash = self.take_stash(F::LEVELS - 1 - slot.level)?;
+        // will need. Most faults land where every table exists already:
+        // they take no stash at all.
+        let missing = F::LEVELS - 1 - slot.level;
+        if missing == 0 {
+            return self.publish(&tree, slot, gpa, flags, make, &mut NoSpare);
+        }
+        let mut stash = self.take_stash(missing)?;
+        let inserted = self.publish(&tree, slot, gpa, flags, make, &mut stash);
+        // Frames that lost their races (or were not needed after `make`
+        // failed) were never reachable: back at once.
+        stash.give_back(&self.alloc);
+        inserted
+    }
+
+    /// The rest of [`NestedPageTable::insert_new_concurrent`] once the
+    /// walk ended at `slot` (not a leaf) and `spare` holds the table
+    /// frames the walk lacked: takes the page's frame from `make` and
+    /// publishes the tables and the leaf.
+    #[inline(always)]
+    fn publish(
+        &self,
+        tree: &Tree<'_, F, A>,
+        slot: Slot<F::Entry>,
+        gpa: GuestPhysAddr,
+        flags: MappingFlags,
+        make: impl FnOnce(&A) -> Option<HostPhysAddr>,
+        spare: &mut impl Spare,
+    ) -> Result<Inserted, MapError> {
+        let addr = PageSize::Size4K.align_down(gpa.as_usize());
         let Some(hpa) = make(&self.alloc) else {
-            stash.give_back(&self.alloc);
             return Err(MapError::NoMemory);
         };
         let bytes = PageSize::Size4K.bytes();
         if let Err(e) = self.check_hpa_range(hpa, bytes, bytes) {
             self.alloc.dealloc_frames(hpa, 1);
-            stash.give_back(&self.alloc);
             return Err(e.into());
         }
         let leaf = F::Entry::new_page(hpa.into(), flags, false).raw();
-        let grown = grow(&tree, slot.table, slot.level, addr, leaf, &mut stash);
-        // Frames that lost their races were never reachable: back at once.
-        stash.give_back(&self.alloc);
+        let grown = grow(tree, slot.table, slot.level, addr, leaf, spare);
         self.books
             .stats
             .add_concurrent(addr, grown.tables, grown.end == End::Inserted);
