@@ -636,6 +636,7 @@ impl GenericPTE for EptEntry {
     /// (bits 2:0 clear). `paddr` is masked to bits 51:12, and to bits 51:21
     /// when `is_huge` (a 1 GiB leaf also needs bits 29:21 clear, which only
     /// [`EptEntry::new_leaf`] / [`NestedEntry::try_new_leaf`] check).
+    #[inline]
     fn new_page(paddr: PhysAddr, flags: MappingFlags, is_huge: bool) -> Self {
         let mask = if is_huge {
             ADDR_MASK & !OFFSET_2M

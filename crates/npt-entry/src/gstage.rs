@@ -445,6 +445,7 @@ impl GenericPTE for GStageEntry {
     /// WRITE without READ also sets R, and flags with no access at all give
     /// an invalid entry (V = 0). Use [`NestedEntry::try_new_leaf`] or
     /// [`GStageEntry::new_leaf`] for checked construction.
+    #[inline]
     fn new_page(paddr: PhysAddr, flags: MappingFlags, _is_huge: bool) -> Self {
         let pbmt = Pbmt::from_memory_type(MemoryType::from_flags(flags));
         Self::encode_leaf(paddr.as_usize(), flags, pbmt)

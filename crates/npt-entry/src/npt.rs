@@ -260,6 +260,7 @@ impl GenericPTE for NptEntry {
     /// `is_huge` (which also keeps bit 12, PAT, clear; a 1 GiB leaf further
     /// needs bits 29:21 clear, which only [`NptEntry::new_leaf`] /
     /// [`NestedEntry::try_new_leaf`] check).
+    #[inline]
     fn new_page(paddr: PhysAddr, flags: MappingFlags, is_huge: bool) -> Self {
         let mask = if is_huge {
             ADDR_MASK & !OFFSET_2M

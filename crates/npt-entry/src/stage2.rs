@@ -459,6 +459,7 @@ impl GenericPTE for Stage2Entry {
     /// address is masked to bits\[47:12\]; it is not checked against the
     /// block size (use [`NestedEntry::try_new_leaf`] or
     /// [`Stage2Entry::new_leaf`] for that).
+    #[inline]
     fn new_page(paddr: PhysAddr, flags: MappingFlags, is_huge: bool) -> Self {
         Self::leaf_bits(
             paddr.as_usize() as u64,

@@ -143,6 +143,7 @@ pub(crate) struct Grown {
 /// each with compare-and-swap from the empty value read. A lost race for a
 /// table slot keeps the frame and walks into the winner's table; a lost
 /// race for the leaf slot reads it again and reports the winner's leaf.
+#[inline]
 pub(crate) fn grow<G: Grow>(
     g: &G,
     mut table: G::Table,
