@@ -71,7 +71,7 @@ impl NewLeaf {
     /// `fault_in_4k` group of `benches/aspace.rs`; see the README).
     #[inline]
     pub fn flush(self) -> TlbFlush {
-        TlbFlush::one(self.page.as_usize(), PageSize::Size4K.bytes())
+        TlbFlush::page(self.page.as_usize())
     }
 }
 

@@ -96,6 +96,19 @@ impl TlbFlush {
         }
     }
 
+    /// The record of the one 4 KiB page at `page` (4 KiB aligned): what
+    /// `one(page, 4096)` gives for any page a table can hold, without the
+    /// overflow and threshold checks such a page never needs (a fault's
+    /// record, built where the fault returns: see [`crate::NewLeaf::flush`]).
+    #[inline]
+    pub(crate) const fn page(page: usize) -> Self {
+        let mut flush = Self::none();
+        flush.starts[0] = page & !((1 << PAGE_SHIFT) - 1);
+        flush.lens[0] = 1;
+        flush.len = 1;
+        flush
+    }
+
     /// The record of one change to `[gpa, gpa + size)`: what `none()` then
     /// `add(gpa, size)` give, built in one expression (see
     /// [`crate::NewLeaf::flush`] for why that matters right after zeroing).
@@ -416,6 +429,24 @@ mod tests {
             added.add(gpa, size);
             assert_eq!(TlbFlush::one(gpa, size), added, "{gpa:#x} + {size:#x}");
             added.ignore();
+        }
+    }
+
+    #[test]
+    fn page_is_one_page() {
+        // Pages below 2^57, the widest GPA of any format, up to its last.
+        for page in [
+            0,
+            0x1000,
+            0x8000_0000,
+            0x7_f000_0000_f000,
+            (1 << 57) - 0x1000,
+        ] {
+            assert_eq!(
+                TlbFlush::page(page),
+                TlbFlush::one(page, 0x1000),
+                "{page:#x}"
+            );
         }
     }
 
