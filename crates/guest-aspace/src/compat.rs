@@ -41,13 +41,15 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         npt_entry::check_flags(flags).map_err(|e| AspaceError::Table(e.into()))?;
         // Every region the range touches, checked before anything changes.
         let mut device = None;
-        for (&s, r) in self.regions.range(..end).filter(|(_, r)| r.end() > start) {
+        for r in self.regions.overlapping(start, end) {
             let is_device = matches!(r.backing, Backing::Mmio { .. });
             let refused = r.dirty.is_some()
                 || (r.backing == Backing::Rom && flags.contains(MappingFlags::WRITE))
                 || device.is_some_and(|d| d != is_device);
             if refused {
-                return Err(AspaceError::WrongRegionState { gpa: s.into() });
+                return Err(AspaceError::WrongRegionState {
+                    gpa: r.start.into(),
+                });
             }
             device = Some(is_device);
         }
@@ -56,13 +58,15 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         } else {
             flags
         };
+        // Room for the two regions the cuts at either end may add.
+        self.regions.reserve(2)?;
         // The table first: the only step that can fail, all or nothing.
         // Nothing populated yet (lazy RAM, emulated MMIO) is no error.
         let flush = allow_not_mapped(self.table.protect_region(gpa, len, flags))?;
         // Then the records, which cannot fail.
         self.split_region_at(start);
         self.split_region_at(end);
-        for (_, r) in self.regions.range_mut(start..end) {
+        for r in self.regions.starting_in_mut(start, end) {
             r.flags = flags;
         }
         Ok(flush)
@@ -93,7 +97,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             },
             other => other,
         };
-        self.regions.insert(at, right);
+        self.regions.insert(right);
     }
 
     /// The host address `gpa` maps to and how many bytes from `gpa` on stay

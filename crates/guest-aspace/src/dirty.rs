@@ -50,7 +50,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         flush.merge(allow_not_mapped(
             self.table.write_protect_region(start.into(), size),
         )?);
-        if let Some(region) = self.regions.get_mut(&start) {
+        if let Some(region) = self.regions.get_mut(start) {
             region.dirty = Some(log);
         }
         Ok(flush)

@@ -9,7 +9,7 @@ use npt_table::{FrameAllocator, MapPolicy, NestedPageTable, TableStats, TlbFlush
 
 use crate::dirty::allow_not_mapped;
 use crate::error::{AspaceError, AspaceResult};
-use crate::region::{Backing, Chunk, Region, RegionInfo, RegionKind};
+use crate::region::{Backing, Chunk, Region, RegionInfo, RegionKind, RegionMap};
 use crate::stats::{Counters, SpaceStats};
 
 const PAGE: usize = PageSize::Size4K.bytes();
@@ -64,7 +64,7 @@ pub struct HostChunk {
 pub struct GuestAddrSpace<F: NptFormat, A: FrameAllocator> {
     pub(crate) table: NestedPageTable<F, A>,
     pub(crate) window: (usize, usize),
-    pub(crate) regions: BTreeMap<usize, Region>,
+    pub(crate) regions: RegionMap,
     /// Owned huge chunks and allocated identical regions by host address:
     /// (guest address, length). Single 4 KiB frames have no entry (see
     /// [`GuestAddrSpace::hpa_to_gpa`]).
@@ -83,13 +83,13 @@ impl<F: NptFormat, A: FrameAllocator> core::fmt::Debug for GuestAddrSpace<F, A> 
                 write!(f, "{:#x}..{:#x}", self.0, self.1)
             }
         }
-        struct Regions<'a>(&'a BTreeMap<usize, Region>);
+        struct Regions<'a>(&'a RegionMap);
         impl core::fmt::Debug for Regions<'_> {
             fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
                 f.debug_map()
                     .entries(
                         self.0
-                            .values()
+                            .iter()
                             .map(|r| (Hex(r.start, r.end()), r.backing.kind())),
                     )
                     .finish()
@@ -121,7 +121,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         Ok(Self {
             table: NestedPageTable::new(alloc)?,
             window: (start, end),
-            regions: BTreeMap::new(),
+            regions: RegionMap::default(),
             reverse: BTreeMap::new(),
             counters: Counters::default(),
             ram_page_limit: PageSize::Size1G,
@@ -167,7 +167,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
 
     /// Every region, in GPA order.
     pub fn regions(&self) -> impl Iterator<Item = RegionInfo> + '_ {
-        self.regions.values().map(|r| self.info(r))
+        self.regions.iter().map(|r| self.info(r))
     }
 
     /// The public view of `region`.
@@ -214,14 +214,13 @@ pub(crate) fn check_span(start: usize, len: usize) -> AspaceResult<usize> {
 }
 
 impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
+    #[inline]
     pub(crate) fn region_at(&self, gpa: usize) -> Option<&Region> {
-        let (_, r) = self.regions.range(..=gpa).next_back()?;
-        (gpa < r.end()).then_some(r)
+        self.regions.at(gpa)
     }
 
     pub(crate) fn region_at_mut(&mut self, gpa: usize) -> Option<&mut Region> {
-        let (_, r) = self.regions.range_mut(..=gpa).next_back()?;
-        (gpa < r.end()).then_some(r)
+        self.regions.at_mut(gpa)
     }
 
     /// The region containing `gpa`.
@@ -259,11 +258,11 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 len: size,
             });
         }
-        if let Some((&s, r)) = self.regions.range(..end).next_back() {
+        if let Some(r) = self.regions.last_below(end) {
             if r.end() > gpa {
                 return Err(AspaceError::Overlap {
                     gpa: gpa.into(),
-                    existing: s.into(),
+                    existing: r.start.into(),
                 });
             }
         }
@@ -293,7 +292,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             huge: BTreeMap::new(),
             dirty: None,
         };
-        self.regions.entry(start).or_insert(region)
+        self.regions.insert(region)
     }
 
     // ---- adding regions ----
@@ -338,6 +337,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     ) -> AspaceResult<TlbFlush> {
         self.check_free(gpa, size)?;
         npt_entry::check_flags(flags).map_err(|e| AspaceError::Table(e.into()))?;
+        self.regions.reserve(1)?;
         let lazy = matches!(backing, Backing::Alloc { lazy: true });
         let chunks = if lazy {
             Vec::new()
@@ -577,6 +577,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             None => {
                 self.check_free(gpa.as_usize(), size)?;
                 npt_entry::check_flags(flags).map_err(|e| AspaceError::Table(e.into()))?;
+                self.regions.reserve(1)?;
                 self.insert(
                     gpa.as_usize(),
                     size,
@@ -597,6 +598,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         backing: Backing,
     ) -> AspaceResult<TlbFlush> {
         self.check_free(gpa, size)?;
+        self.regions.reserve(1)?;
         let flush = self
             .table
             .map_region(gpa.into(), hpa, size, flags, MapPolicy::Huge)?;
@@ -622,6 +624,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             .into_iter()
             .find(|p| size >= p.bytes() && *p <= F::MAX_LEAF && F::level_of(*p).is_some())
             .map_or(PAGE, PageSize::bytes);
+        self.regions.reserve(1)?;
         let alloc = self.table.allocator();
         let hpa = alloc
             .alloc_frames(size / PAGE, align)
@@ -711,9 +714,8 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         let end = self.check_cut(gpa, len)?;
         let starts: Vec<usize> = self
             .regions
-            .range(..end)
-            .filter(|(_, r)| r.end() > start)
-            .map(|(s, _)| *s)
+            .overlapping(start, end)
+            .map(|r| r.start)
             .collect();
         // Owned backing inside the range, read off while the table still
         // maps it.
@@ -737,12 +739,14 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 .transpose()?,
             _ => None,
         };
+        // Room for the one region a cut inside a region adds.
+        self.regions.reserve(1)?;
         // Unmap (the only step that can fail: splitting huge leaves of
         // pass-through regions needs frames).
         let mut flush = self.unmap_parking(gpa, len, owned.len())?;
         // Then update the bookkeeping, which cannot fail.
         for s in starts {
-            let Some(region) = self.regions.remove(&s) else {
+            let Some(region) = self.regions.remove(s) else {
                 continue;
             };
             // The pieces' logs were sliced above.
@@ -759,7 +763,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 left.size = lo - region.start;
                 left.huge = region.huge.range(..lo).map(|(g, c)| (*g, *c)).collect();
                 left.dirty = left_log.take();
-                self.regions.insert(left.start, left);
+                self.regions.insert(left);
             }
             if hi < region.end() {
                 let mut right = region.piece();
@@ -780,7 +784,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                     };
                 }
                 right.dirty = right_log.take();
-                self.regions.insert(right.start, right);
+                self.regions.insert(right);
             }
         }
         self.park_owned(&owned, &mut flush);
@@ -792,7 +796,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// parked until the returned record is completed.
     pub fn clear(&mut self) -> AspaceResult<TlbFlush> {
         let (start, end) = self.window;
-        let owned = self.collect_owned(self.regions.keys().map(|&s| (s, start, end)))?;
+        let owned = self.collect_owned(self.regions.iter().map(|r| (r.start, start, end)))?;
         let mut flush = self.unmap_parking(start.into(), end - start, owned.len())?;
         self.regions.clear();
         self.reverse.clear();
@@ -836,7 +840,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         let mut owned = Vec::new();
         let mut failed = false;
         for (s, lo, hi) in parts {
-            if let Some(r) = self.regions.get(&s) {
+            if let Some(r) = self.regions.get(s) {
                 let (lo, hi) = (lo.max(r.start), hi.min(r.end()));
                 self.for_each_owned(r, lo, hi, |hpa, frames| {
                     if !failed && owned.try_reserve(1).is_ok() {
@@ -965,7 +969,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                     .map(|_| g.into());
             }
         }
-        let passthrough = self.regions.values().find_map(|r| {
+        let passthrough = self.regions.iter().find_map(|r| {
             let base = r.passthrough_hpa(r.start)?.as_usize();
             (h >= base && h < base + r.size)
                 .then(|| GuestPhysAddr::from_usize(r.start + (h - base)))
@@ -974,7 +978,7 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             return passthrough;
         }
         let mut found = None;
-        for r in self.regions.values() {
+        for r in self.regions.iter() {
             if !matches!(r.backing, Backing::Alloc { .. } | Backing::Rom) {
                 continue;
             }
@@ -996,7 +1000,7 @@ impl<F: NptFormat, A: FrameAllocator> Drop for GuestAddrSpace<F, A> {
     fn drop(&mut self) {
         // Owned frames go back; the table frees its own frames after this.
         let alloc = self.table.allocator();
-        for r in self.regions.values() {
+        for r in self.regions.iter() {
             self.for_each_owned(r, r.start, r.end(), |hpa, frames| {
                 alloc.dealloc_frames(hpa, frames)
             });
