@@ -106,24 +106,24 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// is counted as populated once.
     pub fn handle_fault(&self, gpa: GuestPhysAddr, access: Access) -> AspaceResult<FaultOutcome> {
         let result = self.handle_fault_inner(gpa, access);
-        let c = &self.counters;
+        if let Ok((_, count)) = &result {
+            self.counters.add(*count, gpa.as_usize());
+        }
+        let result = result.map(|(outcome, _)| outcome);
         match &result {
             Ok(FaultOutcome::Fixed(_flush)) => {
-                c.add(Count::Fixed, gpa.as_usize());
                 trace!(
                     "guest-aspace: {access:?} fault at {:#x} fixed; flush {_flush}",
                     gpa.as_usize()
                 );
             }
             Ok(FaultOutcome::Mmio { .. }) => {
-                c.add(Count::Mmio, gpa.as_usize());
                 trace!(
                     "guest-aspace: {access:?} fault at {:#x}: MMIO",
                     gpa.as_usize()
                 );
             }
             Ok(FaultOutcome::Violation { kind: _kind, .. }) => {
-                c.add(Count::Violation, gpa.as_usize());
                 trace!(
                     "guest-aspace: {access:?} fault at {:#x}: violation in {} region",
                     gpa.as_usize(),
@@ -131,7 +131,6 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
                 );
             }
             Ok(FaultOutcome::Unmapped { .. }) => {
-                c.add(Count::Unmapped, gpa.as_usize());
                 trace!(
                     "guest-aspace: {access:?} fault at {:#x}: unmapped",
                     gpa.as_usize()
@@ -145,13 +144,18 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         result
     }
 
-    fn handle_fault_inner(&self, gpa: GuestPhysAddr, access: Access) -> AspaceResult<FaultOutcome> {
+    /// The outcome, and the counter it adds to.
+    fn handle_fault_inner(
+        &self,
+        gpa: GuestPhysAddr,
+        access: Access,
+    ) -> AspaceResult<(FaultOutcome, Count)> {
         let addr = gpa.as_usize();
         let page = addr & !(PAGE - 1);
         let write = access == Access::Write;
         // One region lookup and one walk, acting where it ended.
         let Some(region) = self.region_at(addr) else {
-            return Ok(FaultOutcome::Unmapped { gpa });
+            return Ok((FaultOutcome::Unmapped { gpa }, Count::Unmapped));
         };
         // The region's rights first. Emulated device space checks data
         // accesses only (a write to a read-only device is a violation, not
@@ -160,40 +164,39 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
         let emulated = region.backing == (Backing::Mmio { passthrough: None });
         let checked = !emulated || access != Access::Execute;
         if checked && !region.flags.contains(access.needs()) {
-            return Ok(FaultOutcome::Violation {
-                gpa,
-                access,
-                kind: region.backing.kind(),
-            });
+            let kind = region.backing.kind();
+            let outcome = FaultOutcome::Violation { gpa, access, kind };
+            return Ok((outcome, Count::Violation));
         }
         if emulated {
-            return Ok(FaultOutcome::Mmio { gpa, access });
+            return Ok((FaultOutcome::Mmio { gpa, access }, Count::Mmio));
         }
         // A write while dirty logging write-protects the page: make it
         // writable and mark it, in the one walk of the update.
         if write && region.dirty.is_some() {
             match self.regrant(region, page) {
                 Err(AspaceError::Table(NptError::NotMapped { .. })) => {}
-                granted => return granted.map(FaultOutcome::Fixed),
+                granted => return granted.map(|f| (FaultOutcome::Fixed(f), Count::Fixed)),
             }
         }
         if !region.is_lazy() {
             // Mapped: a stale TLB entry, nothing to change.
             return Ok(match self.table.translate_leaf(page.into()) {
-                Some(_) => FaultOutcome::Fixed(TlbFlush::none()),
-                None => FaultOutcome::Unmapped { gpa },
+                Some(_) => (FaultOutcome::Fixed(TlbFlush::none()), Count::Fixed),
+                None => (FaultOutcome::Unmapped { gpa }, Count::Unmapped),
             });
         }
-        Ok(FaultOutcome::Fixed(
-            match self.fill(region, page, write)? {
-                Filled::New(leaf) => leaf.flush(),
-                // Another vCPU populated it since the walk above (or it is a
-                // stale TLB entry): while logging, it may have mapped it
-                // read-only.
-                Filled::Present if write && region.dirty.is_some() => self.regrant(region, page)?,
-                Filled::Present => TlbFlush::none(),
-            },
-        ))
+        let (flush, count) = match self.fill(region, page, write)? {
+            Filled::New(leaf) => (leaf.flush(), Count::FixedPopulated),
+            // Another vCPU populated it since the walk above (or it is a
+            // stale TLB entry): while logging, it may have mapped it
+            // read-only.
+            Filled::Present if write && region.dirty.is_some() => {
+                (self.regrant(region, page)?, Count::Fixed)
+            }
+            Filled::Present => (TlbFlush::none(), Count::Fixed),
+        };
+        Ok((FaultOutcome::Fixed(flush), count))
     }
 
     /// A write fault on a mapped page while dirty logging: makes it
@@ -220,7 +223,10 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             .region_at(page)
             .ok_or(AspaceError::NoRegion { gpa: page.into() })?;
         match self.fill(region, page, dirty)? {
-            Filled::New(leaf) => Ok(leaf.flush()),
+            Filled::New(leaf) => {
+                self.counters.add(Count::Populated, page);
+                Ok(leaf.flush())
+            }
             Filled::Present => Ok(TlbFlush::none()),
         }
     }
@@ -255,7 +261,6 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
             })?;
         match inserted {
             Inserted::New(leaf) => {
-                self.counters.add(Count::Populated, page);
                 if let (Some(log), true) = (log, dirty) {
                     // Mapped (writable) first, marked after: see `DirtyLog`.
                     log.mark((page - region.start) / PAGE);
