@@ -105,11 +105,12 @@ impl<F: NptFormat, A: FrameAllocator> GuestAddrSpace<F, A> {
     /// page map one frame, and both get [`FaultOutcome::Fixed`]; the page
     /// is counted as populated once.
     pub fn handle_fault(&self, gpa: GuestPhysAddr, access: Access) -> AspaceResult<FaultOutcome> {
-        let result = self.handle_fault_inner(gpa, access);
-        if let Ok((_, count)) = &result {
-            self.counters.add(*count, gpa.as_usize());
-        }
-        let result = result.map(|(outcome, _)| outcome);
+        let result = self
+            .handle_fault_inner(gpa, access)
+            .map(|(outcome, count)| {
+                self.counters.add(count, gpa.as_usize());
+                outcome
+            });
         match &result {
             Ok(FaultOutcome::Fixed(_flush)) => {
                 trace!(

@@ -543,6 +543,14 @@ mod tests {
             let starting = all.iter().find(|r| r.start == gpa);
             assert_eq!(m.get(gpa).map(|r| r.start), starting.map(|r| r.start));
         }
+        // The `_mut` forms find the same regions.
+        let mut m = map();
+        for gpa in (0..0xa000).step_by(0x800).chain([usize::MAX]) {
+            let at = m.at(gpa).map(|r| r.start);
+            assert_eq!(m.at_mut(gpa).map(|r| r.start), at, "at_mut {gpa:#x}");
+            let get = m.get(gpa).map(|r| r.start);
+            assert_eq!(m.get_mut(gpa).map(|r| r.start), get, "get_mut {gpa:#x}");
+        }
     }
 
     #[test]
